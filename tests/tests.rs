@@ -1,0 +1,6 @@
+//! The one integration test binary (one link step on a 2-core CI). Each module covers one feature area and
+//! drives the real binary or real sockets on 127.0.0.1.
+
+mod util;
+
+mod check_config;
