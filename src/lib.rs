@@ -6,4 +6,6 @@
 
 pub mod cli;
 pub mod config;
+pub mod detect;
 pub mod home;
+pub mod inspect;

@@ -1,0 +1,304 @@
+//! The detector: pure, synchronous, no I/O. Bytes go in (in chunks of any size), [`Detection`]s come out.
+//!
+//! The proxy, the offline `scan` command, the benchmarks and the fuzz targets all use this one API:
+//! build a [`Detector`] once (it is cheap to clone), open a [`Scanner`] per piece of a message (the request
+//! target, one header value, a body) with a [`ScanContext`], feed it chunks, then finish it.
+//!
+//! ```
+//! use picoclaw_traffic_guardian::detect::*;
+//! let detector = Detector::new(DetectorOptions::default()).unwrap();
+//! let ctx = ScanContext::new(Direction::Outbound, Destination::new("paste.example", 443), Location::Body);
+//! let mut scanner = detector.scanner(ctx);
+//! let mut found = Vec::new();
+//! scanner.feed(b"key=AKIAZ7QW3ERTY5UIOPLK", &mut found);
+//! scanner.finish(&mut found);
+//! assert_eq!(found[0].pattern, "aws_access_key");
+//! assert!(!found[0].snippet.contains("AKIAZ7QW3ERTY5UIOPLK"));
+//! ```
+
+pub mod egress;
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Which way a message travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// A request, from the agent to the network.
+    Outbound,
+    /// A response, from the network to the agent.
+    Inbound,
+}
+
+/// The threat types of CONTRACT §4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ThreatType {
+    /// A secret or sensitive file leaving.
+    #[serde(rename = "EXFIL")]
+    Exfil,
+    /// Hostile commands arriving.
+    #[serde(rename = "INJECTION")]
+    Injection,
+    /// A risky destination.
+    #[serde(rename = "EGRESS")]
+    Egress,
+}
+
+impl ThreatType {
+    /// The wire name (`EXFIL`, `INJECTION`, `EGRESS`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThreatType::Exfil => "EXFIL",
+            ThreatType::Injection => "INJECTION",
+            ThreatType::Egress => "EGRESS",
+        }
+    }
+}
+
+/// Severity, ordered from least to most severe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Worth knowing.
+    Info,
+    /// Low.
+    Low,
+    /// Medium.
+    Medium,
+    /// High.
+    High,
+    /// Critical.
+    Critical,
+}
+
+impl Severity {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// Where in a message the scanned text came from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "name")]
+pub enum Location {
+    /// The request target (path and query).
+    Target,
+    /// One header value; the name is lowercase.
+    Header(String),
+    /// A message body (after transfer and content decoding).
+    Body,
+    /// A WebSocket message.
+    WebSocket,
+}
+
+/// The upstream a message goes to or comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Destination {
+    /// Lowercase host name or IP literal, without brackets or a trailing dot.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl Destination {
+    /// A destination, with the host normalised (lowercase, no brackets, no trailing dot).
+    pub fn new(host: &str, port: u16) -> Destination {
+        let host = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.');
+        Destination { host: host.to_ascii_lowercase(), port }
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// What a [`Scanner`] needs to know about the text it is fed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanContext {
+    /// Request or response.
+    pub direction: Direction,
+    /// The upstream.
+    pub dest: Destination,
+    /// Which part of the message.
+    pub location: Location,
+}
+
+impl ScanContext {
+    /// A context.
+    pub fn new(direction: Direction, dest: Destination, location: Location) -> ScanContext {
+        ScanContext { direction, dest, location }
+    }
+}
+
+/// One match, already redacted: nothing in here carries a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Detection {
+    /// Rule id (`ai_api_key`, `pipe_to_shell`, `known_secret` ...).
+    pub pattern: &'static str,
+    /// Threat type.
+    pub threat_type: ThreatType,
+    /// Severity.
+    pub severity: Severity,
+    /// Up to ~120 characters of context with every secret replaced by `[REDACTED:<pattern>:<fp>]`.
+    pub snippet: String,
+    /// First 8 hex digits of the sha256 of the matched value (stable across encodings).
+    pub fingerprint: String,
+    /// Where in the message.
+    pub location: Location,
+    /// How the text was decoded before it matched (`base64`, `percent`, `json`), if at all.
+    pub decoded: Option<&'static str>,
+}
+
+/// A secret the operator's own configuration holds, with where it may legitimately go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownSecret {
+    /// The exact value (kept in memory only).
+    pub value: String,
+    /// A label for messages, never the value (`model_list[0].api_keys[0]`).
+    pub label: String,
+    /// Destinations where sending it in the named header is normal.
+    pub allowed: Vec<AllowedUse>,
+}
+
+/// One legitimate use of a known secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedUse {
+    /// Host name, or `*.domain`.
+    pub host: String,
+    /// Lowercase header name (`authorization`, `x-api-key` ...), or `path` for a token in the URL path
+    /// (Telegram's `/bot<token>/`).
+    pub header: String,
+}
+
+/// Options for building a [`Detector`].
+#[derive(Debug, Clone, Default)]
+pub struct DetectorOptions {
+    /// Exact secrets to find in any encoding, with their legitimate uses.
+    pub known_secrets: Vec<KnownSecret>,
+}
+
+/// Why a detector could not be built (a bad rule or option; never the scanned bytes).
+#[derive(Debug)]
+pub struct DetectError(pub String);
+
+impl fmt::Display for DetectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DetectError {}
+
+/// The compiled rules and known secrets. Build once; clones share the compiled state.
+#[derive(Debug, Clone)]
+pub struct Detector {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    options: DetectorOptions,
+}
+
+impl Detector {
+    /// Compiles the rules. Fails only on a bad option, never later on input.
+    pub fn new(options: DetectorOptions) -> Result<Detector, DetectError> {
+        Ok(Detector { inner: Arc::new(Inner { options }) })
+    }
+
+    /// The options it was built with.
+    pub fn options(&self) -> &DetectorOptions {
+        &self.inner.options
+    }
+
+    /// A streaming scanner for one piece of a message.
+    pub fn scanner(&self, ctx: ScanContext) -> Scanner {
+        Scanner { _detector: self.clone(), ctx, tail: Vec::new(), scanned: 0 }
+    }
+
+    /// Scans a whole buffer at once (same result as feeding it in chunks).
+    pub fn scan(&self, ctx: ScanContext, text: &[u8]) -> Vec<Detection> {
+        let mut out = Vec::new();
+        let mut s = self.scanner(ctx);
+        s.feed(text, &mut out);
+        s.finish(&mut out);
+        out
+    }
+}
+
+/// Scans one stream of bytes fed in chunks; a match split across chunks is found.
+#[derive(Debug)]
+pub struct Scanner {
+    _detector: Detector,
+    ctx: ScanContext,
+    tail: Vec<u8>,
+    scanned: u64,
+}
+
+impl Scanner {
+    /// Feeds the next chunk; detections found so far are pushed to `out`.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<Detection>) {
+        // Placeholder until the rule engine lands: AWS access key ids only, with an overlap so that a key
+        // split across chunks is still found.
+        self.scanned += chunk.len() as u64;
+        let start = self.tail.len();
+        self.tail.extend_from_slice(chunk);
+        let text = &self.tail;
+        let mut i = 0;
+        while i + 20 <= text.len() {
+            let cand = &text[i..i + 20];
+            if cand.starts_with(b"AKIA")
+                && cand[4..].iter().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+                && i + 20 > start
+            {
+                let fp = fingerprint(cand);
+                out.push(Detection {
+                    pattern: "aws_access_key",
+                    threat_type: ThreatType::Exfil,
+                    severity: Severity::High,
+                    snippet: format!("[REDACTED:aws_access_key:{fp}]"),
+                    fingerprint: fp,
+                    location: self.ctx.location.clone(),
+                    decoded: None,
+                });
+                i += 20;
+            } else {
+                i += 1;
+            }
+        }
+        let keep = self.tail.len().saturating_sub(19);
+        self.tail.drain(..keep);
+    }
+
+    /// Ends the stream; anything still pending is pushed to `out`.
+    pub fn finish(&mut self, _out: &mut Vec<Detection>) {
+        self.tail.clear();
+    }
+
+    /// Bytes fed so far.
+    pub fn scanned(&self) -> u64 {
+        self.scanned
+    }
+}
+
+/// First 8 hex digits of the sha256 of `value`: names a secret without revealing it.
+pub fn fingerprint(value: &[u8]) -> String {
+    hex::encode(&Sha256::digest(value)[..4])
+}
