@@ -175,6 +175,46 @@ pub struct Config {
     pub profile_output: PathBuf,
 }
 
+impl Config {
+    /// The effective configuration as canonical JSON (every key, resolved values, keys sorted), so that a
+    /// whitespace or key-order edit of the file does not change it but any real change does.
+    pub fn canonical_json(&self) -> Value {
+        let path = |p: &Path| Value::String(p.display().to_string());
+        let hosts = |h: &[HostPattern]| Value::Array(h.iter().map(|p| Value::String(p.0.clone())).collect());
+        let mut m = Map::new();
+        m.insert("listen".into(), Value::String(self.listen.to_string()));
+        m.insert("allow_non_loopback".into(), Value::Bool(self.allow_non_loopback));
+        m.insert("mode".into(), Value::String("detect".into()));
+        m.insert("max_scan_bytes".into(), Value::from(self.max_scan_bytes));
+        m.insert("log_dir".into(), path(&self.log_dir));
+        m.insert("log_max_bytes".into(), Value::from(self.log_max_bytes));
+        m.insert("log_keep".into(), Value::from(self.log_keep));
+        m.insert("dedup_window_secs".into(), Value::from(self.dedup_window_secs));
+        m.insert("proxy_auth".into(), Value::Bool(self.proxy_auth));
+        m.insert("https_inspection".into(), Value::Bool(self.https_inspection));
+        m.insert("ca_bundle".into(), path(&self.ca_bundle));
+        m.insert("ca_validity_days".into(), Value::from(self.ca_validity_days));
+        m.insert("upstream_ca_file".into(), self.upstream_ca_file.as_deref().map(path).unwrap_or(Value::Null));
+        m.insert("mitm_skip_hosts".into(), hosts(&self.mitm_skip_hosts));
+        m.insert(
+            "resolve".into(),
+            Value::Object(self.resolve.iter().map(|(k, v)| (k.clone(), Value::String(v.to_string()))).collect()),
+        );
+        m.insert("picoclaw_home".into(), path(&self.picoclaw_home));
+        m.insert("picoclaw_config".into(), path(&self.picoclaw_config));
+        m.insert("egress_allow".into(), hosts(&self.egress_allow));
+        m.insert("profile_output".into(), path(&self.profile_output));
+        m.insert("redact_snippets".into(), Value::Bool(true));
+        Value::Object(m)
+    }
+
+    /// sha256 (hex) of the compact [`Config::canonical_json`].
+    pub fn sha256(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(self.canonical_json().to_string().as_bytes()))
+    }
+}
+
 /// A host name, or `*.` followed by a domain that matches any name below it (not the domain itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPattern(String);

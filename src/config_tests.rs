@@ -359,3 +359,18 @@ fn every_documented_key_has_a_default_and_is_read() {
     let l = Fixture::new(Some(Value::Object(all))).load();
     assert!(l.errors.is_empty(), "{:?}", l.errors);
 }
+
+#[test]
+fn canonical_config_ignores_formatting_but_not_values() {
+    let a = Fixture::new(None);
+    std::fs::create_dir(&a.home).unwrap();
+    std::fs::write(a.home.join("config.json"), b"{\"log_keep\": 7, \"listen\": \"127.0.0.1:2001\"}").unwrap();
+    let first = a.load().config.unwrap();
+    std::fs::write(a.home.join("config.json"), b"{\n  \"listen\":\"127.0.0.1:2001\",\n\n  \"log_keep\":7 }\n").unwrap();
+    let second = a.load().config.unwrap();
+    assert_eq!(first.sha256(), second.sha256());
+    std::fs::write(a.home.join("config.json"), b"{\"log_keep\": 8, \"listen\": \"127.0.0.1:2001\"}").unwrap();
+    assert_ne!(first.sha256(), a.load().config.unwrap().sha256());
+    let keys: Vec<String> = first.canonical_json().as_object().unwrap().keys().cloned().collect();
+    assert_eq!(keys.len(), KEYS.len(), "every key is part of the canonical form");
+}

@@ -1,0 +1,3 @@
+//! Lifecycle of a monitor: its run directory, lock and state file, and whether one is running.
+
+pub mod state;
