@@ -10,3 +10,4 @@ pub mod detect;
 pub mod home;
 pub mod inspect;
 pub mod monitor;
+pub mod picoclaw;
