@@ -1,14 +1,16 @@
 //! Argument parsing and dispatch. Each subcommand is a plain function over typed inputs that tests can call;
 //! clap types stay in this module.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
-use crate::config::{self, Flags, Loaded};
+use crate::config::{self, Config, Flags, Loaded};
+use crate::detect::{Severity, ThreatType};
+use crate::findings::reader;
 use crate::home::{EnvVars, Home};
 
 /// Exit code: success.
@@ -36,6 +38,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show recorded findings, newest first (current log and rotations).
+    Threats(ThreatsArgs),
+}
+
+/// `threats` filters and output.
+#[derive(Debug, Args)]
+struct ThreatsArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Show at most N findings.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    limit: usize,
+    /// Only this threat type.
+    #[arg(long = "type", value_name = "EXFIL|INJECTION|EGRESS", value_parser = parse_threat_type)]
+    threat_type: Option<ThreatType>,
+    /// Only findings at or above this severity (info, low, medium, high, critical).
+    #[arg(long, value_name = "MIN", value_parser = parse_severity)]
+    severity: Option<Severity>,
+    /// Only findings since a duration ago (10m, 2h, 7d) or an RFC 3339 time.
+    #[arg(long, value_name = "WHEN")]
+    since: Option<String>,
+    /// Only destinations (host:port) matching this glob, e.g. '*.example.com:*'.
+    #[arg(long, value_name = "GLOB")]
+    dest: Option<String>,
+    /// Print JSON Lines (the findings as stored).
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_threat_type(s: &str) -> Result<ThreatType, String> {
+    reader::parse_threat_type(s).ok_or_else(|| format!("{s:?} is not EXFIL, INJECTION or EGRESS"))
+}
+
+fn parse_severity(s: &str) -> Result<Severity, String> {
+    reader::parse_severity(s).ok_or_else(|| format!("{s:?} is not info, low, medium, high or critical"))
 }
 
 /// Flags that override configuration keys (flag > environment > file > default).
@@ -98,7 +135,93 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli, env: &EnvVars, out: &mut dyn Write) -> io::Result<u8> {
     match cli.command {
         Command::CheckConfig { config, json } => check_config(env, &config.to_flags(), json, out),
+        Command::Threats(args) => {
+            let color = !args.json && env.get("NO_COLOR").is_none() && io::stdout().is_terminal();
+            threats(env, &args, color, out)
+        }
     }
+}
+
+/// Loads the config or explains every problem on stderr; `Err(code)` is the exit code to use.
+fn load_config(env: &EnvVars, flags: &Flags) -> Result<Config, u8> {
+    config::load(env, flags).into_config().map_err(|e| {
+        eprintln!("picoclaw-traffic-guardian: {e}");
+        EXIT_USAGE
+    })
+}
+
+fn threats(env: &EnvVars, args: &ThreatsArgs, color: bool, out: &mut dyn Write) -> io::Result<u8> {
+    let cfg = match load_config(env, &args.config.to_flags()) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let since = match args.since.as_deref().map(|s| reader::parse_since(s, time::OffsetDateTime::now_utc())) {
+        Some(Err(msg)) => {
+            eprintln!("picoclaw-traffic-guardian: {msg}");
+            return Ok(EXIT_USAGE);
+        }
+        Some(Ok(t)) => Some(t),
+        None => None,
+    };
+    let query = reader::Query {
+        limit: Some(args.limit),
+        threat_type: args.threat_type,
+        min_severity: args.severity,
+        since,
+        dest_glob: args.dest.clone(),
+    };
+    let result = reader::read(&cfg.log_dir, &query)?;
+    if args.json {
+        for f in &result.findings {
+            writeln!(out, "{f}")?;
+        }
+    } else {
+        write_threats_table(&result.findings, color, out)?;
+    }
+    if result.skipped_lines > 0 {
+        eprintln!(
+            "picoclaw-traffic-guardian: skipped {} corrupt or truncated line(s) in {}",
+            result.skipped_lines,
+            cfg.log_dir.display()
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+fn write_threats_table(findings: &[Value], color: bool, out: &mut dyn Write) -> io::Result<()> {
+    if findings.is_empty() {
+        return writeln!(out, "no findings");
+    }
+    writeln!(
+        out,
+        "{:<24} {:<8} {:<9} {:<22} {:<3} {:<28} SNIPPET",
+        "TIME (UTC)", "SEVERITY", "TYPE", "PATTERN", "DIR", "DEST"
+    )?;
+    for f in findings {
+        let field = |k: &str| f[k].as_str().unwrap_or("").to_owned();
+        let severity = field("severity");
+        let (on, off) = match (color, severity.as_str()) {
+            (true, "critical") => ("\x1b[1;31m", "\x1b[0m"),
+            (true, "high") => ("\x1b[31m", "\x1b[0m"),
+            (true, "medium") => ("\x1b[33m", "\x1b[0m"),
+            _ => ("", ""),
+        };
+        let dir = if field("direction") == "inbound" { "in" } else { "out" };
+        // Stored snippets are redacted already; redacting again costs little and guards old logs.
+        let snippet: String =
+            crate::detect::redact(&field("snippet")).chars().filter(|c| !c.is_control()).take(100).collect();
+        writeln!(
+            out,
+            "{:<24} {on}{:<8}{off} {:<9} {:<22} {:<3} {:<28} {snippet}",
+            field("timestamp").replace('T', " ").trim_end_matches('Z'),
+            severity,
+            field("threat_type"),
+            field("pattern"),
+            dir,
+            field("dest"),
+        )?;
+    }
+    Ok(())
 }
 
 /// `check-config`: load, validate, report every problem. Exit 0 when valid, 2 when not.
