@@ -74,6 +74,15 @@ pub struct BodyNotes {
     pub skipped_binary: u64,
 }
 
+/// The start line of a message.
+#[derive(Debug, Clone, Copy)]
+pub enum StartLine<'a> {
+    /// A request: method and target as received (origin or absolute form).
+    Request(&'a Method, &'a str),
+    /// A response: its status.
+    Response(StatusCode),
+}
+
 /// Inspects one HTTP message within its budget.
 #[derive(Debug)]
 pub struct MessageInspector {
@@ -99,19 +108,8 @@ impl MessageInspector {
         headers: &HeaderMap,
         max_scan_bytes: usize,
     ) -> MessageInspector {
-        let mut me =
-            MessageInspector::with_headers(detector, Direction::Outbound, dest.clone(), headers, max_scan_bytes);
-        // "METHOD target HTTP/1.1\r\n": the target is scanned within what is left of the budget.
-        let line_len = method.as_str().len() + target.len() + 12;
-        let room = me.room();
-        me.charge(line_len);
-        let part = prefix(target.as_bytes(), room.saturating_sub(method.as_str().len() + 1));
-        if !part.is_empty() {
-            let ctx = ScanContext::new(Direction::Outbound, dest.clone(), Location::Target);
-            me.found.extend(detector.scan(ctx, part));
-        }
-        me.scan_headers(detector, Direction::Outbound, &dest, headers);
-        me
+        let start = StartLine::Request(method, target);
+        MessageInspector::message(detector, Direction::Outbound, dest, start, headers, max_scan_bytes)
     }
 
     /// Starts on a response: scans the headers at once.
@@ -122,11 +120,41 @@ impl MessageInspector {
         headers: &HeaderMap,
         max_scan_bytes: usize,
     ) -> MessageInspector {
-        let mut me =
-            MessageInspector::with_headers(detector, Direction::Inbound, dest.clone(), headers, max_scan_bytes);
-        let line = format!("HTTP/1.1 {status}\r\n");
-        me.charge(line.len());
-        me.scan_headers(detector, Direction::Inbound, &dest, headers);
+        let start = StartLine::Response(status);
+        MessageInspector::message(detector, Direction::Inbound, dest, start, headers, max_scan_bytes)
+    }
+
+    /// Starts on any message with the direction given (`scan --direction` can override what the start line
+    /// says): scans the target, if any, and headers at once.
+    pub fn message(
+        detector: &Detector,
+        direction: Direction,
+        dest: Destination,
+        start: StartLine<'_>,
+        headers: &HeaderMap,
+        max_scan_bytes: usize,
+    ) -> MessageInspector {
+        let kind = route::classify(headers.get(CONTENT_TYPE).map(|v| v.as_bytes()));
+        let mut me = MessageInspector::new(detector, direction, dest.clone(), kind, max_scan_bytes);
+        match decode::parse_codings(headers.get_all(CONTENT_ENCODING).iter().map(|v| v.as_bytes())) {
+            Ok(codings) if codings.is_empty() => {}
+            Ok(codings) => me.decoder = Some(BodyDecoder::new(&codings)),
+            Err(unsupported) => me.notes.unsupported_coding = Some(unsupported),
+        }
+        match start {
+            StartLine::Request(method, target) => {
+                // "METHOD target HTTP/1.1\r\n": the target is scanned within what is left of the budget.
+                let room = me.room();
+                me.charge(method.as_str().len() + target.len() + 12);
+                let part = prefix(target.as_bytes(), room.saturating_sub(method.as_str().len() + 1));
+                if !part.is_empty() {
+                    let ctx = ScanContext::new(direction, dest.clone(), Location::Target);
+                    me.found.extend(detector.scan(ctx, part));
+                }
+            }
+            StartLine::Response(status) => me.charge(format!("HTTP/1.1 {status}\r\n").len()),
+        }
+        me.scan_headers(detector, direction, &dest, headers);
         me
     }
 
@@ -158,23 +186,6 @@ impl MessageInspector {
             notes: BodyNotes::default(),
             finished: false,
         }
-    }
-
-    fn with_headers(
-        detector: &Detector,
-        direction: Direction,
-        dest: Destination,
-        headers: &HeaderMap,
-        budget: usize,
-    ) -> MessageInspector {
-        let kind = route::classify(headers.get(CONTENT_TYPE).map(|v| v.as_bytes()));
-        let mut me = MessageInspector::new(detector, direction, dest, kind, budget);
-        match decode::parse_codings(headers.get_all(CONTENT_ENCODING).iter().map(|v| v.as_bytes())) {
-            Ok(codings) if codings.is_empty() => {}
-            Ok(codings) => me.decoder = Some(BodyDecoder::new(&codings)),
-            Err(unsupported) => me.notes.unsupported_coding = Some(unsupported),
-        }
-        me
     }
 
     fn room(&self) -> usize {
