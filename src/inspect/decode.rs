@@ -233,7 +233,12 @@ impl BodyDecoder {
             o.full = false;
         });
         let result = chain.write_all(input).and_then(|()| chain.flush());
-        let (decoded, full) = self.sink.with(|o| (std::mem::take(&mut o.buf), o.full));
+        // Room 0 between feeds: whatever a decoder does on drop (flate2 and brotli finish their streams)
+        // stops at its first output byte.
+        let (decoded, full) = self.sink.with(|o| {
+            o.room = 0;
+            (std::mem::take(&mut o.buf), o.full)
+        });
         self.produced += decoded.len() as u64;
         out.extend_from_slice(&decoded);
         if result.is_err() {
@@ -431,5 +436,34 @@ pub(crate) mod tests {
         let mut out = Vec::new();
         d.feed(&bomb, 65536, &mut out);
         assert_eq!((out.len(), d.stopped()), (65536, Some(Stop::Budget)));
+    }
+
+    #[test]
+    fn brotli_and_zstd_bombs_are_bounded_too() {
+        // zstd: 1 GiB of zeros as 1024 concatenated frames of 1 MiB each; brotli: 64 MiB in one stream.
+        let zbomb = zstd(&vec![0u8; 1 << 20]).repeat(1024);
+        let bbomb = brotli(&vec![0u8; 64 << 20]);
+        for (coding, bomb) in [(Coding::Zstd, zbomb), (Coding::Brotli, bbomb)] {
+            let mut d = BodyDecoder::new(&[coding]);
+            let mut out = Vec::new();
+            for part in bomb.chunks(1024) {
+                d.feed(part, 16 << 20, &mut out);
+            }
+            assert_eq!(d.stopped(), Some(Stop::Ratio), "{coding:?}");
+            assert!(d.produced() <= d.fed() * MAX_EXPANSION_RATIO + EXPANSION_ALLOWANCE, "{coding:?}");
+        }
+    }
+
+    #[test]
+    fn zstd_window_over_the_limit_is_refused() {
+        // A frame header declaring a 16 MiB window (Window_Descriptor exponent 14): not decoded.
+        let mut frame = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 14 << 3];
+        frame.extend_from_slice(&[0x01, 0x00, 0x00]); // last raw block, 0 bytes
+        let (out, stop) = decode_all(&[Coding::Zstd], &frame, 1);
+        assert!(out.is_empty());
+        assert_eq!(stop, Some(Stop::Corrupt));
+        // The same frame with an 8 MiB window decodes (to nothing).
+        frame[5] = 13 << 3;
+        assert_eq!(decode_all(&[Coding::Zstd], &frame, 1), (Vec::new(), None));
     }
 }

@@ -3,7 +3,7 @@
 //! | content type | what the detector gets |
 //! |---|---|
 //! | JSON (`application/json`, `*+json`, NDJSON), form-urlencoded, `text/*`, XML, JavaScript, none, anything not listed | the bytes as they are (JSON escapes, percent-encoding and base64 are undone inside the detector) |
-//! | `multipart/*` with a boundary | each part's headers and body, parts split on the boundary; a part whose own type is binary goes through the UTF-8 gate |
+//! | `multipart/*` with a boundary | each part's headers and body, parts split on the boundary; a part whose own type is binary goes through the UTF-8 gate; the preamble and epilogue are fed too (a wrong boundary must not hide a body) |
 //! | `image/*`, `audio/*`, `video/*`, `application/octet-stream` | the UTF-8 gate: bytes are fed while they are valid UTF-8; at the first invalid sequence the rest is skipped (a mislabelled text body is still scanned, a real image is skipped at its first bytes) |
 //!
 //! Everything streams: the router keeps at most [`MAX_PART_HEADERS`] (or one boundary) between pushes.
@@ -150,6 +150,10 @@ struct Multipart {
     carry: Vec<u8>,
     part: PartSink,
     skipped: u64,
+    /// Some preamble text was fed (so a separator goes before the first part).
+    preamble: bool,
+    /// Bytes of the pretend CRLF before the body not yet passed (they are not the peer's text).
+    pretend: usize,
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -170,6 +174,8 @@ impl Multipart {
             carry: b"\r\n".to_vec(),
             part: PartSink::Text,
             skipped: 0,
+            preamble: false,
+            pretend: 2,
         }
     }
 
@@ -177,6 +183,16 @@ impl Multipart {
         match &mut self.part {
             PartSink::Text => emit(data),
             PartSink::Gate(g) => g.push(data, emit),
+        }
+    }
+
+    fn emit_preamble(&mut self, data: &[u8], emit: &mut dyn FnMut(&[u8])) {
+        let cut = self.pretend.min(data.len());
+        self.pretend -= cut;
+        let data = data.get(cut..).unwrap_or_default();
+        if !data.is_empty() {
+            self.preamble = true;
+            emit(data);
         }
     }
 
@@ -199,13 +215,21 @@ impl Multipart {
                     emit(rest);
                     return;
                 }
-                Mp::Epilogue => return,
+                // The preamble and epilogue are scanned too: a wrong boundary must not hide a body.
+                Mp::Epilogue => {
+                    emit(rest);
+                    return;
+                }
                 Mp::Seek { in_part } => match find(rest, &self.delimiter) {
                     Some(i) => {
                         if in_part {
                             self.emit_part(rest.get(..i).unwrap_or_default(), emit);
                             self.end_part();
-                            // Keeps the texts of two parts from running together in the detector.
+                        } else {
+                            self.emit_preamble(rest.get(..i).unwrap_or_default(), emit);
+                        }
+                        // Keeps the texts of two parts from running together in the detector.
+                        if in_part || self.preamble {
                             emit(b"\n");
                         }
                         pos += i + self.delimiter.len();
@@ -216,6 +240,8 @@ impl Multipart {
                         let safe = rest.len().saturating_sub(self.delimiter.len() - 1);
                         if in_part {
                             self.emit_part(rest.get(..safe).unwrap_or_default(), emit);
+                        } else {
+                            self.emit_preamble(rest.get(..safe).unwrap_or_default(), emit);
                         }
                         self.carry = rest.get(safe..).unwrap_or_default().to_vec();
                         return;
@@ -262,10 +288,13 @@ impl Multipart {
     }
 
     fn finish(&mut self, emit: &mut dyn FnMut(&[u8])) {
-        // A body cut inside a part: what was held back is still that part's text.
-        if let Mp::Seek { in_part: true } = self.state {
-            let carry = std::mem::take(&mut self.carry);
-            self.emit_part(&carry, emit);
+        // A body cut short: what was held back is still text of the part, preamble or headers.
+        let carry = std::mem::take(&mut self.carry);
+        match self.state {
+            Mp::Seek { in_part: true } => self.emit_part(&carry, emit),
+            Mp::Seek { in_part: false } => self.emit_preamble(&carry, emit),
+            Mp::Headers => emit(&carry),
+            Mp::AfterDelimiter | Mp::Epilogue | Mp::Fallback => {}
         }
         self.end_part();
     }
@@ -397,7 +426,8 @@ mod tests {
         assert!(text.contains("name=\"img\""), "part headers are scanned: {text}");
         assert!(text.contains("<svg>text</svg>"), "valid UTF-8 image part is scanned: {text}");
         assert!(!text.contains("PNG") && !text.contains("binary"), "{text}");
-        assert!(!text.contains("preamble") && !text.contains("epilogue") && !text.contains("XyZ"), "{text}");
+        assert!(text.contains("preamble") && text.contains("epilogue"), "a wrong boundary hides nothing: {text}");
+        assert!(!text.contains("XyZ"), "{text}");
         assert_eq!(skipped, b"\x89PNG\x00\x01binary".len() as u64);
         for split in 1..MP.len() {
             assert_eq!(route(kind.clone(), MP, split), (whole.clone(), skipped), "split {split}");
@@ -409,6 +439,10 @@ mod tests {
         let body = b"--b\r\n\r\nsecret part text";
         let (out, _) = route(BodyKind::Multipart(b"b".to_vec()), body, 2);
         assert_eq!(out, b"secret part text");
+        // No boundary in the body at all (a wrong Content-Type): all of it is still fed.
+        for split in 1..8 {
+            assert_eq!(route(BodyKind::Multipart(b"zzz".to_vec()), b"{\"k\":\"v\"}", split).0, b"{\"k\":\"v\"}");
+        }
         for end in 0..MP.len() {
             route(BodyKind::Multipart(b"XyZ".to_vec()), &MP[..end], 5);
         }
