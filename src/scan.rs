@@ -406,14 +406,22 @@ fn har_headers(list: Option<&Value>) -> HeaderMap {
 /// A HAR body: `text`, base64-decoded when `encoding` is `base64` (kept as text if that fails).
 fn har_body(content: Option<&Value>) -> (Vec<u8>, Option<String>) {
     let Some(content) = content else { return (Vec::new(), None) };
-    let text = content.get("text").and_then(Value::as_str).unwrap_or_default();
+    let mut text = content.get("text").and_then(Value::as_str).unwrap_or_default().to_owned();
+    // A form posted as `params` (HAR 1.2) instead of `text`: scanned as `name=value` lines.
+    if let (true, Some(params)) = (text.is_empty(), content.get("params").and_then(Value::as_array)) {
+        for p in params {
+            let name = p.get("name").and_then(Value::as_str).unwrap_or_default();
+            let value = p.get("value").and_then(Value::as_str).unwrap_or_default();
+            text.push_str(&format!("{name}={value}\n"));
+        }
+    }
     let mime = content.get("mimeType").and_then(Value::as_str).filter(|m| !m.is_empty()).map(str::to_owned);
     let base64 = content.get("encoding").and_then(Value::as_str).is_some_and(|e| e.eq_ignore_ascii_case("base64"));
     let body = if base64 {
         let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-        base64::engine::general_purpose::STANDARD.decode(compact).unwrap_or_else(|_| text.as_bytes().to_vec())
+        base64::engine::general_purpose::STANDARD.decode(compact).unwrap_or_else(|_| text.clone().into_bytes())
     } else {
-        text.as_bytes().to_vec()
+        text.into_bytes()
     };
     (body, mime)
 }
@@ -630,6 +638,11 @@ mod tests {
             ]
         );
         assert!(found.iter().all(|f| f.dest.to_string() == "api.example.com:443"));
+        let form = json!({"log": {"entries": [{"request": {"method": "POST", "url": "http://f.example/login",
+            "postData": {"mimeType": "application/x-www-form-urlencoded", "params": [{"name": "k", "value": KEY}]}}}]}});
+        let found = scan_har(&d, &opts(), &mut form.to_string().as_bytes()).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].protocol, found[0].dest.to_string()), ("http", "f.example:80".into()));
         assert!(matches!(scan_har(&d, &opts(), &mut &b"{\"log\":{}}"[..]), Err(ScanError::Har(_))));
         assert!(matches!(scan_har(&d, &opts(), &mut &b"not json"[..]), Err(ScanError::Har(_))));
     }

@@ -24,6 +24,19 @@
 //! inspector takes no more, [`MessageInspector::wants_more`] turns false, and further body bytes are counted
 //! in [`InspectStats::unscanned`] as received (before decompression).
 //!
+//! Limits (each a documented constant): the budget itself (`max_scan_bytes`, at most 16 MiB by config);
+//! decoded output at most [`decode::MAX_EXPANSION_RATIO`] times the compressed input plus
+//! [`decode::EXPANSION_ALLOWANCE`]; at most [`decode::MAX_CODINGS`] stacked codings; zstd windows up to
+//! 8 MiB ([`decode::ZSTD_WINDOW_LOG_MAX`]); multipart part headers up to [`route::MAX_PART_HEADERS`] and
+//! boundaries up to [`route::MAX_BOUNDARY`]; chunk-size lines up to [`chunked::MAX_CHUNK_LINE`] and
+//! trailers up to [`chunked::MAX_TRAILERS`]. Memory per message is the fixed decoder buffers plus at most
+//! one feed's decoded output (never more than the budget).
+//!
+//! Skipped, on purpose: bodies of images, audio, video and `application/octet-stream` from their first
+//! invalid UTF-8 byte on ([`BodyNotes::skipped_binary`] counts them); bodies with an unknown coding are
+//! scanned as received, not decoded ([`BodyNotes::unsupported_coding`]); after corrupt compressed data
+//! nothing more of that message is decoded ([`BodyNotes::decode_stopped`]).
+//!
 //! ```
 //! use http::{HeaderMap, Method};
 //! use picoclaw_traffic_guardian::detect::{Destination, Detector, DetectorOptions};

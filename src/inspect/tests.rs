@@ -201,3 +201,10 @@ fn multipart_scans_text_parts_and_skips_binary_parts() {
         assert_eq!(notes.skipped_binary, 2 + KEY.len() as u64);
     }
 }
+
+#[test]
+fn inspector_can_move_to_another_thread() {
+    // The proxy hands inspectors to tokio tasks.
+    fn assert_send<T: Send>() {}
+    assert_send::<MessageInspector>();
+}
