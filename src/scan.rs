@@ -615,6 +615,34 @@ mod tests {
     }
 
     #[test]
+    fn mangled_messages_never_panic() {
+        let cases: [&[u8]; 9] = [
+            b"GET / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\nbody",
+            b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\nbody",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nContent-Encoding: br\r\n\r\n5\r\n\xff\xff\xff\xff\xff\r\n0\r\n\r\n",
+            b"HTTP/1.1 999 Weird\r\n\r\n",
+            b"HTTP/1.1 20",
+            b"GET http://[::1 HTTP/1.1\r\nHost: [::1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a:b:c\r\n\r\n",
+            b"\xff\xfe\x00binary junk",
+            b"",
+        ];
+        for case in cases {
+            for end in 0..=case.len() {
+                raw(&case[..end], &opts());
+            }
+        }
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..MAX_HEADERS + 1 {
+            many.extend(format!("x-{i}: v\r\n").as_bytes());
+        }
+        many.extend(format!("\r\n{KEY}").as_bytes());
+        let (found, warnings) = raw(&many, &opts());
+        assert_eq!(warnings.len(), 1, "too many headers: scanned as text, with a warning");
+        assert!(!found.is_empty());
+    }
+
+    #[test]
     fn har_entries_both_sides() {
         let b64 = base64::engine::general_purpose::STANDARD.encode(format!("reply {KEY}"));
         let har = json!({"log": {"entries": [{
