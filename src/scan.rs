@@ -4,8 +4,8 @@
 //! - a raw HTTP/1.1 message: a request (scanned as outbound) or a response (inbound), recognised by its
 //!   start line. The head (at most [`MAX_HEAD`] bytes, [`MAX_HEADERS`] headers) is parsed with `httparse`;
 //!   the body is framed by `Transfer-Encoding: chunked` ([`crate::inspect::chunked`]), else
-//!   `Content-Length`, else it runs to the end of the input. Content codings and types are handled by the
-//!   inspector. Only the first message is scanned.
+//!   `Content-Length`, else it runs to the end of the input (other transfer codings are not undone).
+//!   Content codings and types are handled by the inspector. Only the first message is scanned.
 //! - plain text (no HTTP start line, or a head that does not parse): scanned as a body, in both directions
 //!   unless `--direction` picks one (so both secrets leaving and hostile replies are found).
 //! - a HAR file ([`scan_har`]): each entry's request (URL target, headers, `postData`) and response
@@ -131,9 +131,15 @@ pub fn any_at_or_above(findings: &[Finding], threshold: Severity) -> bool {
     findings.iter().any(|f| f.detection.severity >= threshold)
 }
 
-enum Head {
-    Request { method: Method, target: String, headers: HeaderMap },
-    Response { status: StatusCode, headers: HeaderMap },
+/// A parsed head: its start line and headers.
+struct Head {
+    start: Start,
+    headers: HeaderMap,
+}
+
+enum Start {
+    Request(Method, String),
+    Response(StatusCode),
 }
 
 /// Whether `buf` opens with an HTTP/1.x start line (`GET / HTTP/1.1` or `HTTP/1.1 200`).
@@ -164,13 +170,13 @@ fn parse_head(buf: &[u8]) -> Option<(Head, usize)> {
         let mut res = httparse::Response::new(&mut slots);
         let httparse::Status::Complete(len) = res.parse(buf).ok()? else { return None };
         let status = StatusCode::from_u16(res.code?).ok()?;
-        Some((Head::Response { status, headers: header_map(res.headers) }, len))
+        Some((Head { start: Start::Response(status), headers: header_map(res.headers) }, len))
     } else {
         let mut req = httparse::Request::new(&mut slots);
         let httparse::Status::Complete(len) = req.parse(buf).ok()? else { return None };
         let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
         let target = req.path?.to_owned();
-        Some((Head::Request { method, target, headers: header_map(req.headers) }, len))
+        Some((Head { start: Start::Request(method, target), headers: header_map(req.headers) }, len))
     }
 }
 
@@ -263,17 +269,15 @@ pub fn scan_raw(
         return scan_text(detector, opts, &head_buf, input);
     };
     let mut found = Vec::new();
-    let headers = match &head {
-        Head::Request { headers, .. } | Head::Response { headers, .. } => headers.clone(),
-    };
-    let (direction, dest, start) = match &head {
-        Head::Request { method, target, headers } => {
+    let Head { start, headers } = head;
+    let (direction, dest, start) = match &start {
+        Start::Request(method, target) => {
             let from_target = split_url(target).map(|(_, d, _)| d);
             let from_host = headers.get(HOST).and_then(|h| h.to_str().ok()).and_then(|h| host_port(h, 80));
             let dest = opts.dest.clone().or(from_target).or(from_host).unwrap_or_else(unknown_dest);
             (opts.direction.unwrap_or(Direction::Outbound), dest, StartLine::Request(method, target))
         }
-        Head::Response { status, .. } => {
+        Start::Response(status) => {
             let dest = opts.dest.clone().unwrap_or_else(unknown_dest);
             (opts.direction.unwrap_or(Direction::Inbound), dest, StartLine::Response(*status))
         }
