@@ -9,9 +9,10 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
 use crate::config::{self, Config, Flags, Loaded};
-use crate::detect::{Severity, ThreatType};
+use crate::detect::{Detector, DetectorOptions, Direction, Severity, ThreatType};
 use crate::findings::reader;
 use crate::home::{EnvVars, Home};
+use crate::scan;
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;
@@ -19,6 +20,8 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit code: bad usage or an invalid configuration.
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code of `scan`: a finding at or above `--fail-on`.
+pub const EXIT_FINDINGS: u8 = 3;
 
 /// Local traffic monitor for one Picoclaw gateway: detects and logs, never blocks.
 #[derive(Debug, Parser)]
@@ -40,6 +43,11 @@ enum Command {
     },
     /// Show recorded findings, newest first (current log and rotations).
     Threats(ThreatsArgs),
+    /// Scan a raw HTTP/1.1 message, plain text or a HAR file offline; print findings as JSONL.
+    ///
+    /// Writes nothing but the findings to stdout (no log, no state). Exit 0, 3 when a finding is at or
+    /// above --fail-on, 2 for bad usage. Offline findings carry `"source": "offline"`.
+    Scan(ScanArgs),
 }
 
 /// `threats` filters and output.
@@ -73,6 +81,56 @@ fn parse_threat_type(s: &str) -> Result<ThreatType, String> {
 
 fn parse_severity(s: &str) -> Result<Severity, String> {
     reader::parse_severity(s).ok_or_else(|| format!("{s:?} is not info, low, medium, high or critical"))
+}
+
+/// Arguments of `scan`.
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Scan as requests (outbound) or responses (inbound); default: from the start line (plain text: both).
+    #[arg(long, value_enum)]
+    direction: Option<DirectionArg>,
+    /// Destination HOST:PORT for the findings (default: Host header or HAR URL, else unknown:0).
+    #[arg(long, value_name = "HOST:PORT")]
+    dest: Option<String>,
+    /// Read a HAR file instead of a raw message.
+    #[arg(long, value_name = "FILE", conflicts_with = "input")]
+    har: Option<PathBuf>,
+    /// Exit 3 when a finding has this severity or higher.
+    #[arg(long, value_enum, value_name = "SEVERITY")]
+    fail_on: Option<SeverityArg>,
+    /// Bytes inspected per message (default and maximum: 16777216).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(config::MIN_SCAN_BYTES..=config::MAX_SCAN_BYTES))]
+    max_scan_bytes: Option<u64>,
+    /// Input file, or - for stdin (the default).
+    #[arg(value_name = "FILE|-")]
+    input: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DirectionArg {
+    Outbound,
+    Inbound,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SeverityArg {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl SeverityArg {
+    fn severity(self) -> Severity {
+        match self {
+            SeverityArg::Info => Severity::Info,
+            SeverityArg::Low => Severity::Low,
+            SeverityArg::Medium => Severity::Medium,
+            SeverityArg::High => Severity::High,
+            SeverityArg::Critical => Severity::Critical,
+        }
+    }
 }
 
 /// Flags that override configuration keys (flag > environment > file > default).
@@ -139,6 +197,7 @@ pub fn run(cli: Cli, env: &EnvVars, out: &mut dyn Write) -> io::Result<u8> {
             let color = !args.json && env.get("NO_COLOR").is_none() && io::stdout().is_terminal();
             threats(env, &args, color, out)
         }
+        Command::Scan(args) => scan(&args, out),
     }
 }
 
@@ -222,6 +281,58 @@ fn write_threats_table(findings: &[Value], color: bool, out: &mut dyn Write) -> 
         )?;
     }
     Ok(())
+}
+
+/// `scan`: findings as JSONL to `out`, problems to stderr. Touches no file but its input.
+pub fn scan(args: &ScanArgs, out: &mut dyn Write) -> io::Result<u8> {
+    let usage = |msg: String| {
+        eprintln!("picoclaw-traffic-guardian scan: {msg}");
+        Ok(EXIT_USAGE)
+    };
+    let dest = match args.dest.as_deref().map(scan::parse_dest).transpose() {
+        Ok(d) => d,
+        Err(e) => return usage(format!("--dest: {e}")),
+    };
+    let opts = scan::ScanOptions {
+        direction: args.direction.map(|d| match d {
+            DirectionArg::Outbound => Direction::Outbound,
+            DirectionArg::Inbound => Direction::Inbound,
+        }),
+        dest,
+        max_scan_bytes: usize::try_from(args.max_scan_bytes.unwrap_or(config::MAX_SCAN_BYTES)).unwrap_or(usize::MAX),
+    };
+    let detector = match Detector::new(DetectorOptions::default()) {
+        Ok(d) => d,
+        Err(e) => return usage(format!("cannot build the detector: {e}")),
+    };
+    let (path, har) = match (&args.har, &args.input) {
+        (Some(p), _) => (Some(p.clone()), true),
+        (None, Some(p)) if p.as_os_str() != "-" => (Some(p.clone()), false),
+        _ => (None, false),
+    };
+    let name = path.as_ref().map_or_else(|| "stdin".to_owned(), |p| p.display().to_string());
+    let mut input: Box<dyn io::Read> = match &path {
+        Some(p) => match std::fs::File::open(p) {
+            Ok(f) => Box::new(f),
+            Err(e) => return usage(format!("{name}: cannot open: {e}")),
+        },
+        None => Box::new(io::stdin().lock()),
+    };
+    let result = if har {
+        scan::scan_har(&detector, &opts, &mut input)
+    } else {
+        scan::scan_raw(&detector, &opts, &mut input, &mut |w| eprintln!("picoclaw-traffic-guardian scan: {name}: {w}"))
+    };
+    let findings = match result {
+        Ok(f) => f,
+        Err(e) => return usage(format!("{name}: {e}")),
+    };
+    for f in &findings {
+        writeln!(out, "{}", scan::finding_json(f, &scan::timestamp_now()))?;
+    }
+    out.flush()?;
+    let failed = args.fail_on.is_some_and(|t| scan::any_at_or_above(&findings, t.severity()));
+    Ok(if failed { EXIT_FINDINGS } else { EXIT_OK })
 }
 
 /// `check-config`: load, validate, report every problem. Exit 0 when valid, 2 when not.

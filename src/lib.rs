@@ -12,3 +12,4 @@ pub mod home;
 pub mod inspect;
 pub mod monitor;
 pub mod picoclaw;
+pub mod scan;

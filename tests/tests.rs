@@ -5,4 +5,5 @@ mod util;
 
 mod check_config;
 mod packaging;
+mod scan;
 mod threats;
