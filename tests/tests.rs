@@ -4,4 +4,5 @@
 mod util;
 
 mod check_config;
+mod doctor;
 mod threats;

@@ -555,7 +555,7 @@ impl Builder {
         if is_config {
             if p::CLI_PREFIXES.contains(&protocol.as_str()) {
                 self.inv.cli_models.push(format!("{path} ({model})"));
-            } else if host.is_some() {
+            } else if host.is_some() && configured(e) {
                 let route = route(e.get("proxy"), &format!("{path}.proxy"), host.as_deref());
                 self.inv.clients.push(Client { name: format!("{path} ({model})"), host: host.clone(), route });
             }
@@ -774,6 +774,17 @@ impl Builder {
             }
         }
     }
+}
+
+/// Whether Picoclaw would build a client for this model entry: it needs a key (in any form, even one kept
+/// in `.security.yml`), an `api_base`, or an OAuth `auth_method`.
+fn configured(e: &Map<String, Value>) -> bool {
+    let non_empty = |k: &str| match e.get(k) {
+        Some(Value::String(s)) => !s.trim().is_empty(),
+        Some(Value::Array(a)) => a.iter().any(|v| v.as_str().is_some_and(|s| !s.trim().is_empty())),
+        _ => false,
+    };
+    ["api_keys", "api_key", "api_base", "auth_method"].iter().any(|k| non_empty(k))
 }
 
 fn find_model<'a>(models: &'a [ModelInfo], key: &str) -> Option<&'a ModelInfo> {

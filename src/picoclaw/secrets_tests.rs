@@ -216,6 +216,7 @@ fn routes_for_doctor() {
     assert_eq!(route("tools.skills.github"), Some(Route::ProxyOverride { key: "tools.skills.github.proxy".into() }));
     assert_eq!(route("tools.mcp.servers.remote"), Some(Route::Guardian));
     assert!(route("channel_list.feishu").is_none(), "disabled channels are not clients");
+    assert!(route("model_list[6]").is_none(), "no key, no api_base: Picoclaw builds no client");
     assert_eq!(inv.mcp_stdio, ["tools.mcp.servers.files"]);
     assert_eq!(inv.cli_models, ["model_list[5] (codex-cli/gpt-5)"]);
     assert!(inv.telegram_enabled && inv.clawhub_enabled);
