@@ -43,8 +43,9 @@ fn assert_no_values(o: &Output, values: &[String]) {
 #[test]
 fn text_names_every_bypass_and_what_to_do() {
     let pico = fixture("full");
-    let (_t, o) = doctor(&pico, &[]);
+    let (t, o) = doctor(&pico, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!t.path().join("home").exists(), "doctor must not create the guardian home");
     let text = stdout(&o);
     for want in [
         "16 known secrets loaded (config.json 9, .security.yml 4, auth.json 2, .picoclaw.pid 1)",

@@ -211,7 +211,7 @@ impl Inventory {
 /// Reads the four files once.
 pub fn load(sources: &Sources) -> Inventory {
     let mut b = Builder::default();
-    let mut models = Vec::new();
+    let mut known = Known::default();
     for (kind, path) in sources.all() {
         let Some(text) = b.read(kind, path) else { continue };
         b.source = kind;
@@ -219,7 +219,7 @@ pub fn load(sources: &Sources) -> Inventory {
             SourceKind::Config => match serde_json::from_str::<Value>(&text) {
                 Ok(v) if v.is_object() => {
                     b.loaded(kind);
-                    models = b.config_tree(&v, true, &[]);
+                    known = b.config_tree(&v, true, &Known::default());
                 }
                 Ok(_) => b.unusable(kind, format!("{}: not a JSON object; ignored", path.display())),
                 Err(e) => b.unusable(kind, format!("{}: not valid JSON ({e}); ignored", path.display())),
@@ -228,7 +228,7 @@ pub fn load(sources: &Sources) -> Inventory {
                 Ok(Value::Null) => b.loaded(kind),
                 Ok(v) if v.is_object() => {
                     b.loaded(kind);
-                    b.config_tree(&v, false, &models);
+                    b.config_tree(&v, false, &known);
                 }
                 Ok(_) => b.unusable(kind, format!("{}: not a YAML mapping; ignored", path.display())),
                 Err(e) => b.unusable(kind, format!("{}: not valid YAML ({e}); ignored", path.display())),
@@ -351,12 +351,20 @@ struct ModelInfo {
     uses: Vec<AllowedUse>,
 }
 
+/// What the config says that `.security.yml` needs: its models, and each channel's type and own hosts.
+#[derive(Debug, Clone, Default)]
+struct Known {
+    models: Vec<ModelInfo>,
+    channels: HashMap<String, (String, Vec<String>)>,
+}
+
 #[derive(Default)]
 struct Builder {
     inv: Inventory,
     secrets: Vec<KnownSecret>,
     index: HashMap<String, usize>,
     source: SourceKind,
+    known_channels: HashMap<String, (String, Vec<String>)>,
 }
 
 impl Builder {
@@ -455,8 +463,9 @@ impl Builder {
         }
     }
 
-    /// The config tree, shared by `config.json` (`is_config`) and `.security.yml`. Returns the models.
-    fn config_tree(&mut self, root: &Value, is_config: bool, config_models: &[ModelInfo]) -> Vec<ModelInfo> {
+    /// The config tree, shared by `config.json` (`is_config`) and `.security.yml` (given what the config
+    /// said). Returns what this tree says, for the next one.
+    fn config_tree(&mut self, root: &Value, is_config: bool, known: &Known) -> Known {
         let mut models = Vec::new();
         match root.get("model_list") {
             Some(Value::Array(list)) => {
@@ -469,7 +478,7 @@ impl Builder {
             // `.security.yml` lists keys by model name (`gpt-4o`, or `gpt-4o:1` for the second of that name).
             Some(Value::Object(map)) => {
                 for (name, entry) in map {
-                    let uses = match find_model(config_models, name) {
+                    let uses = match find_model(&known.models, name) {
                         Some(m) => m.uses.clone(),
                         None => {
                             self.warn(format!(
@@ -492,7 +501,7 @@ impl Builder {
             match root.get(key) {
                 Some(Value::Object(map)) => {
                     for (name, ch) in map {
-                        self.channel(key, name, ch, is_config);
+                        self.channel(key, name, ch, is_config, known);
                     }
                 }
                 Some(_) => self.warn(format!("{}: {key} is not a mapping; skipped", self.here())),
@@ -519,7 +528,7 @@ impl Builder {
                 self.legacy_provider(name, entry, is_config);
             }
         }
-        models
+        Known { models, channels: std::mem::take(&mut self.known_channels) }
     }
 
     fn here(&self) -> &'static str {
@@ -563,22 +572,43 @@ impl Builder {
         Some(ModelInfo { name: str_of(e, "model_name").unwrap_or("").to_owned(), uses })
     }
 
-    fn channel(&mut self, key: &str, name: &str, ch: &Value, is_config: bool) {
+    fn channel(&mut self, key: &str, name: &str, ch: &Value, is_config: bool, known: &Known) {
         let Value::Object(obj) = ch else { return };
-        // v3 nests channel settings under `settings`; the older shape has them flat.
-        let settings = match obj.get("settings") {
-            Some(Value::Object(s)) => s,
-            _ => obj,
+        // v3 nests channel settings under `settings`; the older shape has them flat. `.security.yml` may use
+        // either, so with `settings` present the flat fields are read too.
+        let nested = match obj.get("settings") {
+            Some(Value::Object(s)) => Some(s),
+            _ => None,
         };
-        let kind = str_of(obj, "type").filter(|t| !t.is_empty()).unwrap_or(name).to_ascii_lowercase();
-        let table = p::CHANNELS.iter().find(|(t, _)| *t == kind).map(|(_, f)| *f);
-        let own_hosts: Vec<String> =
+        let settings = nested.unwrap_or(obj);
+        let path = match nested {
+            Some(_) => format!("{key}.{name}.settings"),
+            None => format!("{key}.{name}"),
+        };
+        let mut slots = vec![(settings, path.clone())];
+        if nested.is_some() {
+            slots.push((obj, format!("{key}.{name}")));
+        }
+        // `.security.yml` entries carry no `type`: take the one the config gave this channel name.
+        let from_config = known.channels.get(name);
+        let kind = str_of(obj, "type")
+            .filter(|t| !t.is_empty())
+            .map(str::to_ascii_lowercase)
+            .or_else(|| from_config.map(|(k, _)| k.clone()))
+            .unwrap_or_else(|| name.to_ascii_lowercase());
+        let mut own_hosts: Vec<String> =
             p::CHANNEL_URL_FIELDS.iter().filter_map(|f| str_of(settings, f)).filter_map(p::url_host).collect();
-        let path = if std::ptr::eq(settings, obj) { format!("{key}.{name}") } else { format!("{key}.{name}.settings") };
+        for h in from_config.map(|(_, h)| h.as_slice()).unwrap_or(&[]) {
+            if !own_hosts.contains(h) {
+                own_hosts.push(h.clone());
+            }
+        }
         let mut first_host = own_hosts.first().cloned();
-        match table {
-            Some(fields) => {
-                for (field, dests) in fields {
+        let table = p::CHANNELS.iter().find(|(t, _)| *t == kind).map(|(_, f)| *f);
+        let fields: Vec<(&str, Vec<AllowedUse>)> = match table {
+            Some(fields) => fields
+                .iter()
+                .map(|(field, dests)| {
                     let mut uses: Vec<AllowedUse> = dests.iter().map(|(h, w)| use_of(h, w)).collect();
                     for h in &own_hosts {
                         for (_, w) in dests.iter() {
@@ -588,16 +618,20 @@ impl Builder {
                     if first_host.is_none() {
                         first_host = dests.first().map(|(h, _)| (*h).to_owned());
                     }
-                    self.take(settings.get(*field), &format!("{path}.{field}"), &uses);
-                }
-            }
-            None => {
-                for field in p::GENERIC_CHANNEL_SECRET_FIELDS {
-                    let uses = uses_for_hosts(&own_hosts, &["authorization"]);
-                    self.take(settings.get(*field), &format!("{path}.{field}"), &uses);
-                }
+                    (*field, uses)
+                })
+                .collect(),
+            None => p::GENERIC_CHANNEL_SECRET_FIELDS
+                .iter()
+                .map(|f| (*f, uses_for_hosts(&own_hosts, &["authorization"])))
+                .collect(),
+        };
+        for (field, uses) in &fields {
+            for (slot, slot_path) in &slots {
+                self.take(slot.get(*field), &format!("{slot_path}.{field}"), uses);
             }
         }
+        self.known_channels.insert(name.to_owned(), (kind.clone(), own_hosts));
         let enabled = obj.get("enabled").and_then(Value::as_bool) == Some(true);
         if is_config && enabled {
             if kind == "telegram" {
@@ -748,7 +782,14 @@ impl Builder {
             let provider = str_of(c, "provider").unwrap_or(name).to_ascii_lowercase();
             let (access, refresh) = match p::OAUTH.iter().find(|(n, _, _)| *n == provider) {
                 Some((_, a, r)) => (*a, *r),
-                None => (&[][..], &[][..]),
+                None => {
+                    self.warn(format!(
+                        "{}: credentials.{name}: provider {provider:?} has no known OAuth hosts; its tokens have no \
+                         legitimate destination, so every sighting will be reported",
+                        self.here()
+                    ));
+                    (&[][..], &[][..])
+                }
             };
             let to_uses = |t: &[(&str, &str)]| t.iter().map(|(h, w)| use_of(h, w)).collect::<Vec<_>>();
             self.take(c.get("access_token"), &format!("credentials.{name}.access_token"), &to_uses(access));

@@ -263,3 +263,32 @@ fn yaml_conversion_keeps_strings_and_types() {
     assert_eq!(yaml_to_json("").unwrap(), Value::Null);
     assert!(yaml_to_json("a: [").is_err());
 }
+
+#[test]
+fn security_yml_channels_take_their_type_and_hosts_from_the_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("config.json");
+    std::fs::write(
+        &cfg,
+        r#"{"channel_list": {"mybot": {"enabled": true, "type": "telegram",
+            "settings": {"base_url": "https://tg-mirror.corp.test", "token": "[NOT_HERE]"}}}}"#,
+    )
+    .unwrap();
+    // Both the nested and the older flat form of a channel entry.
+    std::fs::write(
+        tmp.path().join(".security.yml"),
+        "channel_list:\n  mybot:\n    token: 111111111:AAflatTelegramToken\n    settings:\n      token: 222222222:AAnestedTelegramToken\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("auth.json"),
+        r#"{"credentials": {"mystery": {"access_token": "mystery-access-token-01"}}}"#,
+    )
+    .unwrap();
+    let inv = load(&Sources::new(tmp.path(), &cfg));
+    let want = [pair("api.telegram.org", "path"), pair("tg-mirror.corp.test", "path")];
+    assert_eq!(uses(&inv, ".security.yml:channel_list.mybot.settings.token"), want);
+    assert_eq!(uses(&inv, ".security.yml:channel_list.mybot.token"), want);
+    assert!(uses(&inv, "auth.json:credentials.mystery.access_token").is_empty());
+    assert!(inv.warnings.iter().any(|w| w.contains("credentials.mystery")), "{:?}", inv.warnings);
+}
