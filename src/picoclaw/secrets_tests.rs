@@ -292,3 +292,43 @@ fn security_yml_channels_take_their_type_and_hosts_from_the_config() {
     assert!(uses(&inv, "auth.json:credentials.mystery.access_token").is_empty());
     assert!(inv.warnings.iter().any(|w| w.contains("credentials.mystery")), "{:?}", inv.warnings);
 }
+
+#[test]
+fn destination_per_provider_prefix_and_api_base_wins() {
+    let cases = [
+        ("gpt-4o", None, "api.openai.com", "authorization"),
+        ("openrouter/anthropic/claude", None, "openrouter.ai", "authorization"),
+        ("groq/llama", None, "api.groq.com", "authorization"),
+        ("deepseek/deepseek-chat", None, "api.deepseek.com", "authorization"),
+        ("zhipu/glm-4.7", None, "open.bigmodel.cn", "authorization"),
+        ("qwen/qwen3-max", None, "dashscope.aliyuncs.com", "authorization"),
+        ("moonshot/kimi-k2", None, "api.moonshot.cn", "authorization"),
+        ("volcengine/doubao", None, "ark.cn-beijing.volces.com", "authorization"),
+        ("mistral/mistral-large", None, "api.mistral.ai", "authorization"),
+        ("nvidia/nemotron", None, "integrate.api.nvidia.com", "authorization"),
+        ("cerebras/llama", None, "api.cerebras.ai", "authorization"),
+        ("anthropic/claude", None, "api.anthropic.com", "x-api-key"),
+        ("gemini/gemini-2.5-pro", None, "generativelanguage.googleapis.com", "x-goog-api-key"),
+        ("azure/gpt-4o", Some("https://res.openai.azure.com"), "res.openai.azure.com", "api-key"),
+        ("openai/gpt-4o", Some("https://api.together.xyz/v1"), "api.together.xyz", "authorization"),
+        ("groq/llama", Some("http://10.0.0.5:8080/v1"), "10.0.0.5", "authorization"),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("config.json");
+    for (i, (model, base, host, header)) in cases.iter().enumerate() {
+        let mut entry = serde_json::json!({"model": model, "api_key": format!("sk-provider-case-{i:04}")});
+        if let Some(b) = base {
+            entry["api_base"] = (*b).into();
+        }
+        std::fs::write(&cfg, serde_json::json!({"model_list": [entry]}).to_string()).unwrap();
+        let inv = load(&Sources::new(tmp.path(), &cfg));
+        let got = uses(&inv, "model_list[0].api_key");
+        assert!(got.contains(&pair(host, header)), "{model}: {got:?}");
+        assert!(got.iter().all(|(h, _)| h == host), "{model}: only {host}: {got:?}");
+    }
+    // Unknown prefix, no api_base: loaded, no destination, one warning naming the entry.
+    std::fs::write(&cfg, r#"{"model_list": [{"model": "nonesuch/x", "api_key": "sk-provider-unknown-01"}]}"#).unwrap();
+    let inv = load(&Sources::new(tmp.path(), &cfg));
+    assert!(uses(&inv, "model_list[0].api_key").is_empty());
+    assert!(inv.warnings[0].contains("\"nonesuch\" is unknown"), "{:?}", inv.warnings);
+}
