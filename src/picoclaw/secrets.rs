@@ -163,7 +163,10 @@ pub struct Counts {
 /// Everything read from the Picoclaw files.
 #[derive(Clone, Default)]
 pub struct Inventory {
-    /// The known secrets for [`DetectorOptions`](crate::detect::DetectorOptions), values included.
+    /// The known secrets for [`DetectorOptions`](crate::detect::DetectorOptions), values included. Each
+    /// [`AllowedUse::header`] is a lowercase header name, `path` (anywhere in the request target) or `body`
+    /// (the HTTP body or a WebSocket message); see [`providers`](super::providers). An empty `allowed` means
+    /// every sighting is a leak (the gateway token, webhook-only keys, keys with no known destination).
     pub secrets: Vec<KnownSecret>,
     /// Counts by source.
     pub counts: Counts,
@@ -250,7 +253,8 @@ pub fn load(sources: &Sources) -> Inventory {
 
 /// Loads the secrets and reloads them when one of the files changes (size, mtime, ctime or inode, so an
 /// atomic rename counts too). The proxy calls [`poll`](SecretsWatcher::poll) every few seconds and
-/// rebuilds its detector when it returns a new inventory.
+/// rebuilds its detector when it returns a new inventory. A poll with no change is four `stat` calls; it is
+/// blocking file I/O, so an async caller runs it in `spawn_blocking` or on its own timer thread.
 #[derive(Debug)]
 pub struct SecretsWatcher {
     sources: Sources,
