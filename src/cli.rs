@@ -48,6 +48,14 @@ enum Command {
     /// Writes nothing but the findings to stdout (no log, no state). Exit 0, 3 when a finding is at or
     /// above --fail-on, 2 for bad usage. Offline findings carry `"source": "offline"`.
     Scan(ScanArgs),
+    /// Report which of Picoclaw's outbound clients the guardian will see, and what to fix.
+    Doctor {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print the report as JSON (schema picoclaw-traffic-guardian-doctor/v1).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `threats` filters and output.
@@ -198,7 +206,23 @@ pub fn run(cli: Cli, env: &EnvVars, out: &mut dyn Write) -> io::Result<u8> {
             threats(env, &args, color, out)
         }
         Command::Scan(args) => scan(&args, out),
+        Command::Doctor { config, json } => doctor(env, &config.to_flags(), json, out),
     }
+}
+
+/// `doctor`: the coverage report. Exit 0 whatever it finds; 2 when the guardian's own config is invalid.
+pub fn doctor(env: &EnvVars, flags: &Flags, as_json: bool, out: &mut dyn Write) -> io::Result<u8> {
+    let cfg = match load_config(env, flags) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let report = crate::picoclaw::doctor::report(&cfg);
+    if as_json {
+        writeln!(out, "{}", crate::picoclaw::doctor::to_json(&report))?;
+    } else {
+        crate::picoclaw::doctor::write_text(&report, out)?;
+    }
+    Ok(EXIT_OK)
 }
 
 /// Loads the config or explains every problem on stderr; `Err(code)` is the exit code to use.

@@ -4,6 +4,7 @@
 mod util;
 
 mod check_config;
+mod doctor;
 mod packaging;
 mod scan;
 mod threats;
