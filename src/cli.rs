@@ -104,8 +104,8 @@ pub struct ScanArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "input")]
     har: Option<PathBuf>,
     /// Exit 3 when a finding has this severity or higher.
-    #[arg(long, value_enum, value_name = "SEVERITY")]
-    fail_on: Option<SeverityArg>,
+    #[arg(long, value_name = "SEVERITY", value_parser = parse_severity)]
+    fail_on: Option<Severity>,
     /// Bytes inspected per message (default and maximum: 16777216).
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(config::MIN_SCAN_BYTES..=config::MAX_SCAN_BYTES))]
     max_scan_bytes: Option<u64>,
@@ -118,27 +118,6 @@ pub struct ScanArgs {
 enum DirectionArg {
     Outbound,
     Inbound,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum SeverityArg {
-    Info,
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-impl SeverityArg {
-    fn severity(self) -> Severity {
-        match self {
-            SeverityArg::Info => Severity::Info,
-            SeverityArg::Low => Severity::Low,
-            SeverityArg::Medium => Severity::Medium,
-            SeverityArg::High => Severity::High,
-            SeverityArg::Critical => Severity::Critical,
-        }
-    }
 }
 
 /// Flags that override configuration keys (flag > environment > file > default).
@@ -355,7 +334,7 @@ pub fn scan(args: &ScanArgs, out: &mut dyn Write) -> io::Result<u8> {
         writeln!(out, "{}", scan::finding_json(f, &scan::timestamp_now()))?;
     }
     out.flush()?;
-    let failed = args.fail_on.is_some_and(|t| scan::any_at_or_above(&findings, t.severity()));
+    let failed = args.fail_on.is_some_and(|t| scan::any_at_or_above(&findings, t));
     Ok(if failed { EXIT_FINDINGS } else { EXIT_OK })
 }
 
