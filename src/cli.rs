@@ -8,8 +8,13 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
+use std::sync::Arc;
+
 use crate::config::{self, Flags, Loaded};
-use crate::home::{EnvVars, Home};
+use crate::detect::{Detector, DetectorOptions};
+use crate::findings::{Counters, FindingsWriter};
+use crate::home::{self, EnvVars, Home};
+use crate::proxy;
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;
@@ -35,6 +40,12 @@ enum Command {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Run the proxy in the foreground until SIGINT or SIGTERM; prints `listening on http://HOST:PORT` to
+    /// stderr once it accepts connections.
+    Start {
+        #[command(flatten)]
+        config: ConfigArgs,
     },
 }
 
@@ -98,6 +109,7 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli, env: &EnvVars, out: &mut dyn Write) -> io::Result<u8> {
     match cli.command {
         Command::CheckConfig { config, json } => check_config(env, &config.to_flags(), json, out),
+        Command::Start { config } => start(env, &config.to_flags()),
     }
 }
 
@@ -110,6 +122,60 @@ pub fn check_config(env: &EnvVars, flags: &Flags, as_json: bool, out: &mut dyn W
         write_check_config_text(env, &loaded, out)?;
     }
     Ok(if loaded.errors.is_empty() { EXIT_OK } else { EXIT_USAGE })
+}
+
+/// `start` (foreground): load the config, make the private directories, start the findings writer and the
+/// proxy, print the one `listening on` line to stderr, serve until SIGINT/SIGTERM, then drain and flush.
+/// Exit 2 on an invalid config, 1 when the directories, the log or the listener cannot be set up.
+pub fn start(env: &EnvVars, flags: &Flags) -> io::Result<u8> {
+    let cfg = match config::load(env, flags).into_config() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("picoclaw-traffic-guardian: {e}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    for dir in [cfg.home.root(), cfg.log_dir.as_path()] {
+        if let Err(e) = home::ensure_private_dir(dir) {
+            eprintln!("picoclaw-traffic-guardian: {e}");
+            return Ok(EXIT_FAILURE);
+        }
+    }
+    // Quiet by default so stderr carries the one `listening on` line; RUST_LOG=info shows per-error lines.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_writer(io::stderr).with_env_filter(filter).try_init();
+    if cfg.https_inspection {
+        eprintln!(
+            "picoclaw-traffic-guardian: https_inspection is not available in this build; HTTPS is tunnelled blind"
+        );
+    }
+    let detector = Detector::new(DetectorOptions::default()).map_err(io::Error::other)?;
+    let writer = FindingsWriter::open(&cfg, Arc::new(Counters::default()))
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start the findings writer: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let served = runtime.block_on(async {
+        let handle = proxy::Proxy::bind(proxy::Settings::from_config(&cfg), detector, writer.sink())
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.listen)))?;
+        eprintln!("listening on http://{}", handle.local_addr());
+        wait_for_stop_signal().await?;
+        handle.shutdown().await;
+        Ok::<(), io::Error>(())
+    });
+    writer.close();
+    served.map(|()| EXIT_OK)
+}
+
+async fn wait_for_stop_signal() -> io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
 }
 
 fn check_config_json(l: &Loaded) -> Value {

@@ -7,5 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod detect;
+pub mod findings;
 pub mod home;
 pub mod inspect;
+pub mod proxy;
