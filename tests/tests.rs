@@ -4,4 +4,6 @@
 mod util;
 
 mod check_config;
+mod connect_tls;
 mod proxy;
+mod start;

@@ -132,6 +132,7 @@ pub struct WriterOptions {
 enum Msg {
     Record(Box<Finding>),
     Flush(mpsc::Sender<()>),
+    Stop,
 }
 
 /// A cheap, cloneable handle that queues findings for the writer thread. Never blocks on the disk.
@@ -175,7 +176,7 @@ impl FindingSink {
 /// The writer thread. Dropping it (or [`FindingsWriter::close`]) writes what is queued, syncs and stops.
 #[derive(Debug)]
 pub struct FindingsWriter {
-    sink: Option<FindingSink>,
+    sink: FindingSink,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -187,7 +188,7 @@ impl FindingsWriter {
         let thread = std::thread::Builder::new()
             .name("findings-writer".into())
             .spawn(move || run(rx, store, Dedup::new(opts.dedup_window), &thread_counters))?;
-        Ok(FindingsWriter { sink: Some(FindingSink { tx, counters }), thread: Some(thread) })
+        Ok(FindingsWriter { sink: FindingSink { tx, counters }, thread: Some(thread) })
     }
 
     /// Starts a writer on `<log_dir>/findings.jsonl` with the config's rotation and dedup settings.
@@ -200,32 +201,22 @@ impl FindingsWriter {
 
     /// A handle for producers.
     pub fn sink(&self) -> FindingSink {
-        match &self.sink {
-            Some(s) => s.clone(),
-            // Unreachable in practice: the sink is only taken in `close`/`drop`, which consume the writer.
-            None => unreachable_sink(),
-        }
+        self.sink.clone()
     }
 
-    /// Writes and syncs everything queued, then stops the thread. Producers still holding a sink keep the
-    /// thread alive until they drop it, so drop them first (the proxy handle's shutdown does).
+    /// Writes and syncs everything queued so far, then stops the thread. Findings recorded afterwards
+    /// through a remaining sink are counted as dropped, so stop the proxy first.
     pub fn close(mut self) {
         self.stop();
     }
 
     fn stop(&mut self) {
-        if let Some(sink) = self.sink.take() {
-            sink.flush();
-        }
         if let Some(t) = self.thread.take() {
+            // A blocking send: the queue may be full, and everything before the stop must be written.
+            let _ = self.sink.tx.send(Msg::Stop);
             let _ = t.join();
         }
     }
-}
-
-fn unreachable_sink() -> FindingSink {
-    let (tx, _rx) = mpsc::sync_channel(0);
-    FindingSink { tx, counters: Arc::new(Counters::default()) }
 }
 
 impl Drop for FindingsWriter {
@@ -275,8 +266,10 @@ fn run(rx: Receiver<Msg>, mut store: Box<dyn LogStore>, mut dedup: Dedup, counte
                 }
                 unsynced_since = None;
             }
-            Err(RecvTimeoutError::Disconnected) => {
-                let _ = store.sync();
+            Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                if let Err(e) = store.sync() {
+                    warn(&e);
+                }
                 return;
             }
         }
