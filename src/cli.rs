@@ -159,23 +159,38 @@ pub fn start(env: &EnvVars, flags: &Flags) -> io::Result<u8> {
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.listen)))?;
         eprintln!("listening on http://{}", handle.local_addr());
-        wait_for_stop_signal().await?;
-        handle.shutdown().await;
+        let mut signals = StopSignals::new()?;
+        signals.next().await;
+        // A second signal while draining stops at once (the findings queued so far are still flushed by
+        // the writer's close below).
+        tokio::select! {
+            _ = handle.shutdown_within(Some(proxy::DRAIN_TIMEOUT)) => {}
+            _ = signals.next() => {}
+        }
         Ok::<(), io::Error>(())
     });
     writer.close();
     served.map(|()| EXIT_OK)
 }
 
-async fn wait_for_stop_signal() -> io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, either of them.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
     }
-    Ok(())
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 fn check_config_json(l: &Loaded) -> Value {

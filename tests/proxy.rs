@@ -461,3 +461,48 @@ async fn decompression_bomb_costs_no_more_than_the_budget() {
     // And the proxy is still serving.
     assert_eq!(send(&mut c, p.request("GET", &format!("http://{}/", up.addr), full(""))).await.0, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_requests_keep_the_connection_in_step() {
+    let up = upstream().await;
+    let p = TestProxy::start(|_| {}).await;
+    let mut c = client(p.addr()).await;
+    let (status, headers, body) =
+        send(&mut c, p.request("HEAD", &format!("http://{}/bytes/5000", up.addr), full(""))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-length"], "5000");
+    assert!(body.is_empty());
+    let (status, _, body) = send(&mut c, p.request("GET", &format!("http://{}/bytes/10", up.addr), full(""))).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &pattern(10)[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_the_proxy_itself_is_refused() {
+    let p = TestProxy::start(|_| {}).await;
+    let req = format!("CONNECT {} HTTP/1.1\r\nProxy-Authorization: {}\r\n\r\n", p.addr(), p.auth().unwrap());
+    let reply = raw(p.addr(), req.as_bytes(), Duration::from_millis(300)).await;
+    assert!(reply.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&reply));
+    assert_eq!(p.counters.snapshot().tunnels, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_within_a_limit_ends_an_endless_response_and_flushes() {
+    let (tx, body) = channel_body();
+    let body = std::sync::Mutex::new(Some(body));
+    let up =
+        upstream_with(Arc::new(move |_| Response::new(body.lock().unwrap().take().unwrap_or_else(|| full(""))))).await;
+    let p = TestProxy::start(|_| {}).await;
+    let mut c = client(p.addr()).await;
+    c.ready().await.unwrap();
+    let _resp = c.send_request(p.request("GET", &format!("http://{}/stream", up.addr), full(SECRET))).await.unwrap();
+    tx.send(Bytes::from_static(b"data: token\n\n")).await.unwrap();
+    // The request's inspection is done (its finding queued); the response's never ends.
+    while p.counters.snapshot().messages_inspected < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let TestProxy { handle, writer, dir, .. } = p;
+    assert!(!handle.shutdown_within(Some(Duration::from_millis(200))).await, "the stream never ended");
+    let log = std::fs::read_to_string(dir.path().join("findings.jsonl")).unwrap();
+    assert!(log.contains("aws_access_key"), "findings were flushed: {log}");
+    drop((writer, tx));
+}

@@ -229,10 +229,15 @@ impl TestProxy {
         b.body(body).expect("request")
     }
 
-    /// Every finding written so far (waits until the writer has written what was queued).
+    /// Every finding written so far. Inspection runs beside forwarding, so this first waits until no
+    /// message is being inspected (call it once the responses are complete), then for the writer.
     pub async fn findings(&self) -> Vec<Finding> {
-        // Inspection runs beside forwarding: give the tasks a moment to hand their detections over.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let idle = async {
+            while self.counters.snapshot().inspections_in_flight > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), idle).await.expect("inspection finishes");
         if let Some(w) = &self.writer {
             let sink = w.sink();
             tokio::task::spawn_blocking(move || sink.flush()).await.expect("flush");

@@ -15,6 +15,8 @@ pub struct Counters {
     exchanges: AtomicU64,
     bytes_scanned: AtomicU64,
     bytes_unscanned: AtomicU64,
+    messages_inspected: AtomicU64,
+    inspections_in_flight: AtomicU64,
     tunnels: AtomicU64,
     tunnel_bytes_up: AtomicU64,
     tunnel_bytes_down: AtomicU64,
@@ -38,6 +40,10 @@ pub struct CounterSnapshot {
     pub bytes_scanned: u64,
     /// Body bytes forwarded without inspection because a budget was spent.
     pub bytes_unscanned: u64,
+    /// HTTP messages (requests and responses) whose inspection has finished.
+    pub messages_inspected: u64,
+    /// Messages being inspected right now (a gauge, not a total).
+    pub inspections_in_flight: u64,
     /// CONNECT tunnels forwarded blind (not inspected).
     pub tunnels: u64,
     /// Bytes from clients to upstreams through blind tunnels.
@@ -77,6 +83,17 @@ impl Counters {
     pub fn scan(&self, scanned: u64, unscanned: u64) {
         add(&self.bytes_scanned, scanned);
         add(&self.bytes_unscanned, unscanned);
+    }
+
+    /// A message's inspection started.
+    pub fn inspection_started(&self) {
+        add(&self.inspections_in_flight, 1);
+    }
+
+    /// A message's inspection finished (its findings are queued for the writer).
+    pub fn inspection_finished(&self) {
+        self.inspections_in_flight.fetch_sub(1, Ordering::Relaxed);
+        add(&self.messages_inspected, 1);
     }
 
     /// One blind tunnel opened.
@@ -132,6 +149,8 @@ impl Counters {
             exchanges: get(&self.exchanges),
             bytes_scanned: get(&self.bytes_scanned),
             bytes_unscanned: get(&self.bytes_unscanned),
+            messages_inspected: get(&self.messages_inspected),
+            inspections_in_flight: get(&self.inspections_in_flight),
             tunnels: get(&self.tunnels),
             tunnel_bytes_up: get(&self.tunnel_bytes_up),
             tunnel_bytes_down: get(&self.tunnel_bytes_down),

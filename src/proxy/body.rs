@@ -65,6 +65,7 @@ impl Tap {
         let wants = Arc::new(AtomicBool::new(true));
         let task_wants = wants.clone();
         let counters = sink.counters().clone();
+        counters.inspection_started();
         tokio::spawn(async move {
             let _guard = guard;
             let mut inspector = make();
@@ -80,6 +81,7 @@ impl Tap {
             emit(&sink, &origin, inspector.take_detections());
             let stats = inspector.stats();
             sink.counters().scan(stats.scanned, stats.unscanned);
+            sink.counters().inspection_finished();
         });
         Tap { tx: Some(tx), wants, room: budget, counters }
     }

@@ -58,6 +58,9 @@ pub const RESPONSE_HEAD_TIMEOUT: Duration = Duration::from_secs(300);
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head (start line and headers) accepted; larger ones get 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// How long a foreground `start` waits for in-flight exchanges after SIGINT/SIGTERM: less than the 10 s
+/// `stop` allows before SIGKILL, so the findings flush still happens in time.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
 /// Most request headers accepted; more get 431.
 pub const MAX_HEADERS: usize = 200;
 
@@ -230,14 +233,28 @@ impl ProxyHandle {
 
     /// Graceful stop: stop accepting, ask every connection to finish its in-flight exchange and close,
     /// end blind tunnels, wait for all of it and for the inspection of every message, then flush the
-    /// findings to disk. Wrap it in a timeout to bound the wait.
-    pub async fn shutdown(mut self) {
+    /// findings to disk.
+    pub async fn shutdown(self) {
+        self.shutdown_within(None).await;
+    }
+
+    /// [`ProxyHandle::shutdown`] with the wait for in-flight exchanges bounded by `limit` (an endless
+    /// stream would otherwise hold it forever). The findings queued by then are flushed either way.
+    /// Returns whether everything drained within the limit.
+    pub async fn shutdown_within(mut self, limit: Option<Duration>) -> bool {
         let _ = self.stop.send(true);
         let _ = (&mut self.accept).await;
         // `recv` returns `None` once every guard (connections, tunnels, inspection tasks) is dropped.
-        let _ = self.drained.recv().await;
+        let drained = match limit {
+            Some(limit) => tokio::time::timeout(limit, self.drained.recv()).await.is_ok(),
+            None => {
+                let _ = self.drained.recv().await;
+                true
+            }
+        };
         let sink = self.sink.clone();
         let _ = tokio::task::spawn_blocking(move || sink.flush()).await;
+        drained
     }
 }
 
@@ -266,7 +283,8 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     let mut stop = shared.shutdown.clone();
     let ctx = ConnCtx {
         shared: shared.clone(),
-        client_ip: peer.ip(),
+        // A v4 client on a dual-stack listener shows up as ::ffff:a.b.c.d; findings name it as a.b.c.d.
+        client_ip: peer.ip().to_canonical(),
         protocol: "http",
         upstream: Arc::new(Mutex::new(None)),
         guard,
