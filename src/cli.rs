@@ -155,11 +155,12 @@ pub fn start(env: &EnvVars, flags: &Flags) -> io::Result<u8> {
         .map_err(|e| io::Error::new(e.kind(), format!("cannot start the findings writer: {e}")))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let served = runtime.block_on(async {
+        // Handlers first: a signal that arrives right after the listening line must stop us gracefully.
+        let mut signals = StopSignals::new()?;
         let handle = proxy::Proxy::bind(proxy::Settings::from_config(&cfg), detector, writer.sink())
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.listen)))?;
         eprintln!("listening on http://{}", handle.local_addr());
-        let mut signals = StopSignals::new()?;
         signals.next().await;
         // A second signal while draining stops at once (the findings queued so far are still flushed by
         // the writer's close below).
