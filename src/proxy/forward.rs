@@ -4,6 +4,9 @@
 
 use http::header::{HeaderName, CONNECTION, HOST, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{Authority, Scheme};
+use std::future::Future;
+use std::pin::Pin;
+
 use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -27,6 +30,13 @@ pub type UpstreamBody = TapBody<Incoming>;
 pub struct Upstream {
     dest: Destination,
     sender: SendRequest<UpstreamBody>,
+}
+
+impl Upstream {
+    /// A kept connection to `dest` (interception may pre-fill a connection's slot with one).
+    pub fn new(dest: Destination, sender: SendRequest<UpstreamBody>) -> Upstream {
+        Upstream { dest, sender }
+    }
 }
 
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1: `Connection` and every header it names,
@@ -65,26 +75,38 @@ fn target(uri: &Uri) -> Result<(Destination, &Authority), ProxyError> {
     Ok((Destination::new(host, authority.port_u16().unwrap_or(80)), authority))
 }
 
-/// Forwards one absolute-form request.
+/// Forwards one absolute-form request (the plain-HTTP path).
 pub async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
     ctx.authorize(req.headers())?;
+    let (dest, authority) = target(req.uri())?;
+    let host = HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::BadRequest("bad host"))?;
+    exchange(ctx, dest, host, req).await
+}
+
+/// Sends `req` to `dest` with `Host: host` and returns the response, a tap on each body. Shared by the
+/// plain path and requests inside an intercepted CONNECT (which arrive in origin-form): same inspection,
+/// not a copy. The upstream connection comes from the connection's kept one or `ctx.connector`.
+pub async fn exchange(
+    ctx: &ConnCtx,
+    dest: Destination,
+    host: HeaderValue,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    let (dest, authority) = target(&parts.uri)?;
-    let host_value = HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::BadRequest("bad host"))?;
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     parts.uri = path.parse().map_err(|_| ProxyError::BadRequest("bad request target"))?;
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(HOST, host_value);
+    parts.headers.insert(HOST, host);
 
     let shared = ctx.shared.clone();
     let budget = shared.settings.max_scan_bytes;
+    let detector = shared.detector();
     let origin =
         Origin { direction: Direction::Outbound, protocol: ctx.protocol, source: ctx.client_ip, dest: dest.clone() };
-    let (method, headers, detector, idest) =
-        (parts.method.clone(), parts.headers.clone(), shared.detector.clone(), dest.clone());
+    let (method, headers, det, idest) = (parts.method.clone(), parts.headers.clone(), detector.clone(), dest.clone());
     let tap = Tap::spawn(
-        move || MessageInspector::request(&detector, idest, &method, &path, &headers, budget),
+        move || MessageInspector::request(&det, idest, &method, &path, &headers, budget),
         origin,
         budget,
         shared.sink.clone(),
@@ -98,13 +120,13 @@ pub async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<P
         Ok(Err(e)) => return Err(ProxyError::Upstream(dest, chain(&e))),
         Err(_) => return Err(ProxyError::ResponseTimeout(dest)),
     };
-    *ctx.upstream.lock().await = Some(Upstream { dest: dest.clone(), sender });
+    *ctx.upstream.lock().await = Some(Upstream::new(dest.clone(), sender));
 
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let origin =
         Origin { direction: Direction::Inbound, protocol: ctx.protocol, source: ctx.client_ip, dest: dest.clone() };
-    let (status, headers, detector) = (parts.status, parts.headers.clone(), shared.detector.clone());
+    let (status, headers) = (parts.status, parts.headers.clone());
     let tap = Tap::spawn(
         move || MessageInspector::response(&detector, dest, status, &headers, budget),
         origin,
@@ -123,9 +145,44 @@ async fn upstream_for(ctx: &ConnCtx, dest: &Destination) -> Result<SendRequest<U
             return Ok(up.sender);
         }
     }
-    let stream = upstream::connect(&ctx.shared, dest, ctx.client_ip, ctx.protocol).await?;
+    ctx.connector.connect(ctx, dest).await
+}
+
+/// Opens HTTP/1.1 connections to upstreams. The plain path uses [`PlainConnector`]; HTTPS interception
+/// supplies one that wraps the TCP stream in TLS before the handshake.
+pub trait UpstreamConnector: Send + Sync + std::fmt::Debug {
+    /// A ready sender to `dest`, for a client on `ctx`.
+    fn connect<'a>(
+        &'a self,
+        ctx: &'a ConnCtx,
+        dest: &'a Destination,
+    ) -> Pin<Box<dyn Future<Output = Result<SendRequest<UpstreamBody>, ProxyError>> + Send + 'a>>;
+}
+
+/// Plain TCP upstreams ([`upstream::connect`]: pins, EGRESS, loop refusal, `TCP_NODELAY`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlainConnector;
+
+impl UpstreamConnector for PlainConnector {
+    fn connect<'a>(
+        &'a self,
+        ctx: &'a ConnCtx,
+        dest: &'a Destination,
+    ) -> Pin<Box<dyn Future<Output = Result<SendRequest<UpstreamBody>, ProxyError>> + Send + 'a>> {
+        Box::pin(async move {
+            let stream = upstream::connect(&ctx.shared, dest, ctx.client_ip, ctx.protocol).await?;
+            handshake(TokioIo::new(stream), dest).await
+        })
+    }
+}
+
+/// The HTTP/1.1 client handshake over any connected stream; the connection is driven on its own task.
+pub async fn handshake<S>(io: S, dest: &Destination) -> Result<SendRequest<UpstreamBody>, ProxyError>
+where
+    S: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(io)
         .await
         .map_err(|e| ProxyError::Upstream(dest.clone(), chain(&e)))?;
     let d = dest.clone();

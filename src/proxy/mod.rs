@@ -7,7 +7,7 @@
 //!
 //! ```no_run
 //! # async fn demo(cfg: picoclaw_traffic_guardian::config::Config) -> std::io::Result<()> {
-//! use std::sync::Arc;
+//! use std::sync::{Arc, RwLock};
 //! use picoclaw_traffic_guardian::{detect, findings, proxy};
 //! let detector = detect::Detector::new(detect::DetectorOptions::default()).map_err(std::io::Error::other)?;
 //! let writer = findings::FindingsWriter::open(&cfg, Arc::new(findings::Counters::default()))?;
@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::{HeaderMap, Method, Request, Response};
@@ -43,7 +43,7 @@ use tokio::task::JoinHandle;
 pub use auth::Credential;
 use body::ProxyBody;
 use error::{rescue, ProxyError};
-use forward::Upstream;
+use forward::{PlainConnector, Upstream, UpstreamConnector};
 
 use crate::config::{Config, HostPattern};
 use crate::detect::Detector;
@@ -117,8 +117,8 @@ impl Settings {
 pub struct Shared {
     /// The settings it was started with.
     pub settings: Settings,
-    /// The detector (clones share compiled rules).
-    pub detector: Detector,
+    /// The detector (clones share compiled rules); replaceable while running (known secrets reload).
+    detector: RwLock<Detector>,
     /// Where findings go; also carries the counters.
     pub sink: FindingSink,
     /// The credential, when auth is on.
@@ -130,6 +130,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The current detector; each message keeps the one it started with.
+    pub fn detector(&self) -> Detector {
+        self.detector.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
     /// Whether `addr` is the proxy's own listener (a request there would loop).
     pub fn is_self(&self, addr: SocketAddr) -> bool {
         let (ip, local) = (addr.ip(), self.local.ip());
@@ -157,6 +162,8 @@ pub struct ConnCtx {
     pub upstream: Arc<Mutex<Option<Upstream>>>,
     /// Keeps shutdown waiting while this connection or its inspection runs.
     pub guard: DrainGuard,
+    /// Opens upstream connections ([`forward::PlainConnector`] on the plain path).
+    pub connector: Arc<dyn UpstreamConnector>,
 }
 
 impl ConnCtx {
@@ -184,14 +191,14 @@ impl Proxy {
         let counters = sink.counters().clone();
         let shared = Arc::new(Shared {
             settings,
-            detector,
+            detector: RwLock::new(detector),
             sink: sink.clone(),
             credential: credential.clone(),
             local,
             shutdown: stop_rx,
         });
-        let accept = tokio::spawn(accept_loop(listener, shared, guard));
-        Ok(ProxyHandle { local, credential, counters, sink, stop: stop_tx, accept, drained })
+        let accept = tokio::spawn(accept_loop(listener, shared.clone(), guard));
+        Ok(ProxyHandle { local, credential, counters, sink, shared, stop: stop_tx, accept, drained })
     }
 }
 
@@ -202,6 +209,7 @@ pub struct ProxyHandle {
     credential: Option<Credential>,
     counters: Arc<Counters>,
     sink: FindingSink,
+    shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     accept: JoinHandle<()>,
     drained: mpsc::Receiver<()>,
@@ -224,6 +232,11 @@ impl ProxyHandle {
             Some(c) => c.proxy_url(self.local),
             None => format!("http://{}", self.local),
         }
+    }
+
+    /// Swaps in a new detector (e.g. reloaded known secrets); messages already started keep the old one.
+    pub fn replace_detector(&self, detector: Detector) {
+        *self.shared.detector.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = detector;
     }
 
     /// The live counters (`counters().snapshot()` for status).
@@ -288,6 +301,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         protocol: "http",
         upstream: Arc::new(Mutex::new(None)),
         guard,
+        connector: Arc::new(PlainConnector),
     };
     let service = service_fn(move |req| handle(ctx.clone(), req));
     let conn = hyper::server::conn::http1::Builder::new()
