@@ -38,6 +38,10 @@ pub trait LogStore: Send {
     fn append(&mut self, line: &[u8]) -> io::Result<()>;
     /// Makes appended lines durable.
     fn sync(&mut self) -> io::Result<()>;
+    /// Closes the current file so the next line opens it afresh (after an external rotation, SIGHUP).
+    fn reopen(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The rotating JSONL file.
@@ -120,6 +124,12 @@ impl LogStore for FileStore {
             None => Ok(()),
         }
     }
+
+    fn reopen(&mut self) -> io::Result<()> {
+        let synced = self.sync();
+        self.file = None;
+        synced
+    }
 }
 
 /// Writer settings.
@@ -132,6 +142,7 @@ pub struct WriterOptions {
 enum Msg {
     Record(Box<Finding>),
     Flush(mpsc::Sender<()>),
+    Reopen,
     Stop,
 }
 
@@ -165,6 +176,13 @@ impl FindingSink {
             // An error means the writer is gone: nothing left to wait for.
             let _ = rx.recv();
         }
+    }
+
+    /// Asks the writer to close and reopen the log file (SIGHUP after an external rotation). Lines queued
+    /// before it go to the old file.
+    pub fn reopen(&self) {
+        // A full queue means the writer is busy; a blocking send keeps the order of lines and the reopen.
+        let _ = self.tx.send(Msg::Reopen);
     }
 
     /// The counters this sink updates.
@@ -260,6 +278,12 @@ fn run(rx: Receiver<Msg>, mut store: Box<dyn LogStore>, mut dedup: Dedup, counte
                 unsynced_since = None;
                 let _ = done.send(());
             }
+            Ok(Msg::Reopen) => {
+                if let Err(e) = store.reopen() {
+                    warn(&e);
+                }
+                unsynced_since = None;
+            }
             Err(RecvTimeoutError::Timeout) => {
                 if let Err(e) = store.sync() {
                     warn(&e);
@@ -333,6 +357,25 @@ mod tests {
         assert_eq!(read(&tmp.path().join("findings.jsonl.2"))[0].fingerprint, "00000003");
         assert!(!tmp.path().join("findings.jsonl.3").exists());
         assert_eq!(counters.snapshot().findings_by_threat_type["EXFIL"], 10);
+    }
+
+    #[test]
+    fn reopen_follows_an_external_rotation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let counters = Arc::new(Counters::default());
+        let store = FileStore::new(tmp.path(), 1 << 20, 1);
+        let w =
+            FindingsWriter::start(Box::new(store), WriterOptions { dedup_window: Duration::ZERO }, counters).unwrap();
+        w.sink().record(finding("1"));
+        w.sink().flush();
+        let moved = tmp.path().join("moved.jsonl");
+        fs::rename(tmp.path().join(FILE_NAME), &moved).unwrap();
+        w.sink().reopen();
+        w.sink().record(finding("2"));
+        w.close();
+        assert_eq!(fs::read_to_string(&moved).unwrap().lines().count(), 1);
+        let live = fs::read_to_string(tmp.path().join(FILE_NAME)).unwrap();
+        assert!(live.contains("\"fingerprint\":\"2\""), "{live}");
     }
 
     struct Failing;
