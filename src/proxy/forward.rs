@@ -3,7 +3,7 @@
 //! on its body. Bodies stream both ways; nothing is buffered whole.
 
 use http::header::{HeaderName, CONNECTION, HOST, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
-use http::uri::{Authority, Scheme};
+use http::uri::Scheme;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -60,8 +60,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
-/// The destination of an absolute-form `http://` target.
-fn target(uri: &Uri) -> Result<(Destination, &Authority), ProxyError> {
+/// The destination of an absolute-form `http://` target, and the `Host` value for the upstream (host and
+/// port as written, never the userinfo: `http://user:pass@host/` must not send `user:pass` onwards).
+fn target(uri: &Uri) -> Result<(Destination, HeaderValue), ProxyError> {
     let Some(authority) = uri.authority() else {
         return Err(ProxyError::BadRequest("a proxy needs an absolute-form target (http://host/path)"));
     };
@@ -72,14 +73,18 @@ fn target(uri: &Uri) -> Result<(Destination, &Authority), ProxyError> {
     if host.is_empty() {
         return Err(ProxyError::BadRequest("the target has no host"));
     }
-    Ok((Destination::new(host, authority.port_u16().unwrap_or(80)), authority))
+    let host_header = match authority.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    let host_header = HeaderValue::from_str(&host_header).map_err(|_| ProxyError::BadRequest("bad host"))?;
+    Ok((Destination::new(host, authority.port_u16().unwrap_or(80)), host_header))
 }
 
 /// Forwards one absolute-form request (the plain-HTTP path).
 pub async fn forward(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
     ctx.authorize(req.headers())?;
-    let (dest, authority) = target(req.uri())?;
-    let host = HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::BadRequest("bad host"))?;
+    let (dest, host) = target(req.uri())?;
     exchange(ctx, dest, host, req).await
 }
 
@@ -225,8 +230,13 @@ mod tests {
 
     #[test]
     fn targets_must_be_absolute_http() {
-        let (d, _) = target(&"http://Example.com:8080/p?q".parse().unwrap()).unwrap();
+        let (d, host) = target(&"http://Example.com:8080/p?q".parse().unwrap()).unwrap();
         assert_eq!(d, Destination::new("example.com", 8080));
+        assert_eq!(host, "Example.com:8080");
+        let (d, host) = target(&"http://user:secret@h.example/".parse().unwrap()).unwrap();
+        assert_eq!((d.host.as_str(), host.to_str().unwrap()), ("h.example", "h.example"));
+        let (d, host) = target(&"http://[::1]:81/".parse().unwrap()).unwrap();
+        assert_eq!((d.host.as_str(), host.to_str().unwrap()), ("::1", "[::1]:81"));
         assert_eq!(target(&"http://example.com/".parse().unwrap()).unwrap().0.port, 80);
         assert!(target(&"/p".parse().unwrap()).is_err());
         assert!(target(&"https://example.com/".parse().unwrap()).is_err());
