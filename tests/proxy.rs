@@ -506,3 +506,29 @@ async fn shutdown_within_a_limit_ends_an_endless_response_and_flushes() {
     assert!(log.contains("aws_access_key"), "findings were flushed: {log}");
     drop((writer, tx));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_requests_at_every_prefix_never_break_the_proxy() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream().await;
+    let p = TestProxy::start(|_| {}).await;
+    let auth = p.auth().unwrap();
+    let full_req = format!(
+        "POST http://{0}/echo HTTP/1.1\r\nHost: {0}\r\nProxy-Authorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        up.addr
+    );
+    let connect = format!("CONNECT {0} HTTP/1.1\r\nProxy-Authorization: {auth}\r\n\r\n", up.addr);
+    for text in [full_req.as_bytes(), connect.as_bytes()] {
+        for cut in (0..text.len()).step_by(3) {
+            let mut s = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
+            s.write_all(&text[..cut]).await.unwrap();
+            let _ = s.shutdown().await;
+            let mut sink = Vec::new();
+            let _ = tokio::time::timeout(T, s.read_to_end(&mut sink)).await.expect("closed in time");
+        }
+    }
+    let mut c = client(p.addr()).await;
+    let (status, _, body) =
+        send(&mut c, p.request("POST", &format!("http://{}/echo", up.addr), full("still here"))).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"still here"[..]));
+}

@@ -160,3 +160,92 @@ where
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{Destination, Detector, DetectorOptions, Direction};
+    use crate::findings::{FindingsWriter, LogStore, WriterOptions};
+    use http::{HeaderMap, StatusCode};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    #[derive(Clone, Default)]
+    struct Memory(Arc<Mutex<Vec<u8>>>);
+
+    impl LogStore for Memory {
+        fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+            self.0.lock().unwrap().extend_from_slice(line);
+            Ok(())
+        }
+        fn sync(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Runs `chunks` through a tapped body with `budget`; returns what came out, the log and the counters.
+    async fn run(chunks: &[&'static [u8]], budget: usize) -> (Vec<u8>, String, crate::findings::CounterSnapshot) {
+        let mem = Memory::default();
+        let counters = Arc::new(Counters::default());
+        let writer = FindingsWriter::start(
+            Box::new(mem.clone()),
+            WriterOptions { dedup_window: Duration::ZERO },
+            counters.clone(),
+        )
+        .unwrap();
+        let detector = Detector::new(DetectorOptions::default()).unwrap();
+        let dest = Destination::new("up.example", 80);
+        let origin = Origin {
+            direction: Direction::Inbound,
+            protocol: "http",
+            source: [127, 0, 0, 1].into(),
+            dest: dest.clone(),
+        };
+        let (guard, mut drained) = mpsc::channel::<()>(1);
+        let tap = Tap::spawn(
+            move || MessageInspector::response(&detector, dest, StatusCode::OK, &HeaderMap::new(), budget),
+            origin,
+            budget,
+            writer.sink(),
+            guard,
+        );
+        let frames: Vec<Bytes> = chunks.iter().map(|c| Bytes::from_static(c)).collect();
+        let inner = Frames(frames.into());
+        let out = TapBody::new(inner, tap).collect().await.unwrap().to_bytes().to_vec();
+        // The inspection task drops its guard when it is done.
+        assert!(drained.recv().await.is_none());
+        writer.close();
+        let log = String::from_utf8(mem.0.lock().unwrap().clone()).unwrap();
+        (out, log, counters.snapshot())
+    }
+
+    /// A body of the given frames.
+    struct Frames(std::collections::VecDeque<Bytes>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_pass_unchanged_and_a_split_secret_is_found() {
+        let (out, log, snap) = run(&[b"key AKIAZ7QW", b"3ERTY5UIOPLK", b" end"], 4096).await;
+        assert_eq!(out, b"key AKIAZ7QW3ERTY5UIOPLK end");
+        assert!(log.contains("aws_access_key"), "{log}");
+        assert!(!log.contains("AKIAZ7QW3ERTY5UIOPLK"));
+        assert_eq!((snap.bytes_unscanned, snap.messages_inspected, snap.inspections_in_flight), (0, 1, 0));
+    }
+
+    #[tokio::test]
+    async fn past_the_budget_nothing_is_copied_and_all_is_counted() {
+        let filler: &'static [u8] = &[b'x'; 3000];
+        let (out, log, snap) = run(&[filler, b"AKIAZ7QW3ERTY5UIOPLK"], 1024).await;
+        assert_eq!(out.len(), 3020, "everything forwarded");
+        assert!(log.is_empty(), "{log}");
+        assert!(snap.bytes_scanned <= 1024, "{snap:?}");
+        assert!(snap.bytes_unscanned >= 3020 - 1024, "{snap:?}");
+    }
+}
