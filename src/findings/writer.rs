@@ -243,12 +243,27 @@ impl Drop for FindingsWriter {
     }
 }
 
+/// Lets a repeated warning through at most once per [`WARN_INTERVAL`].
+#[derive(Debug, Default)]
+struct RateLimit {
+    last: Option<Instant>,
+}
+
+impl RateLimit {
+    fn allow(&mut self, now: Instant) -> bool {
+        if self.last.is_some_and(|t| now.saturating_duration_since(t) < WARN_INTERVAL) {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+}
+
 fn run(rx: Receiver<Msg>, mut store: Box<dyn LogStore>, mut dedup: Dedup, counters: &Counters) {
     let mut unsynced_since: Option<Instant> = None;
-    let mut last_warn: Option<Instant> = None;
+    let mut limit = RateLimit::default();
     let mut warn = |e: &io::Error| {
-        if last_warn.is_none_or(|t| t.elapsed() >= WARN_INTERVAL) {
-            last_warn = Some(Instant::now());
+        if limit.allow(Instant::now()) {
             eprintln!("picoclaw-traffic-guardian: cannot write the findings log ({e}); findings are being dropped");
         }
     };
@@ -376,6 +391,17 @@ mod tests {
         assert_eq!(fs::read_to_string(&moved).unwrap().lines().count(), 1);
         let live = fs::read_to_string(tmp.path().join(FILE_NAME)).unwrap();
         assert!(live.contains("\"fingerprint\":\"2\""), "{live}");
+    }
+
+    #[test]
+    fn warnings_at_most_once_a_minute() {
+        let mut limit = RateLimit::default();
+        let t = Instant::now();
+        assert!(limit.allow(t));
+        assert!(!limit.allow(t + Duration::from_secs(1)));
+        assert!(!limit.allow(t + Duration::from_secs(59)));
+        assert!(limit.allow(t + Duration::from_secs(60)));
+        assert!(!limit.allow(t + Duration::from_secs(61)));
     }
 
     struct Failing;
