@@ -8,11 +8,13 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
+use std::sync::Arc;
+
 use crate::config::{self, Config, Flags, Loaded};
 use crate::detect::{Detector, DetectorOptions, Direction, Severity, ThreatType};
-use crate::findings::reader;
-use crate::home::{EnvVars, Home};
-use crate::scan;
+use crate::findings::{reader, Counters, FindingsWriter};
+use crate::home::{self, EnvVars, Home};
+use crate::{proxy, scan};
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;
@@ -33,6 +35,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the proxy in the foreground until SIGINT or SIGTERM; prints `listening on http://HOST:PORT` to
+    /// stderr once it accepts connections.
+    Start {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// Validate the configuration without binding a socket or writing a file.
     CheckConfig {
         #[command(flatten)]
@@ -186,6 +194,7 @@ pub fn run(cli: Cli, env: &EnvVars, out: &mut dyn Write) -> io::Result<u8> {
         }
         Command::Scan(args) => scan(&args, out),
         Command::Doctor { config, json } => doctor(env, &config.to_flags(), json, out),
+        Command::Start { config } => start(env, &config.to_flags()),
     }
 }
 
@@ -347,6 +356,76 @@ pub fn check_config(env: &EnvVars, flags: &Flags, as_json: bool, out: &mut dyn W
         write_check_config_text(env, &loaded, out)?;
     }
     Ok(if loaded.errors.is_empty() { EXIT_OK } else { EXIT_USAGE })
+}
+
+/// `start` (foreground): load the config, make the private directories, start the findings writer and the
+/// proxy, print the one `listening on` line to stderr, serve until SIGINT/SIGTERM, then drain and flush.
+/// Exit 2 on an invalid config, 1 when the directories, the log or the listener cannot be set up.
+pub fn start(env: &EnvVars, flags: &Flags) -> io::Result<u8> {
+    let cfg = match config::load(env, flags).into_config() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("picoclaw-traffic-guardian: {e}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    for dir in [cfg.home.root(), cfg.log_dir.as_path()] {
+        if let Err(e) = home::ensure_private_dir(dir) {
+            eprintln!("picoclaw-traffic-guardian: {e}");
+            return Ok(EXIT_FAILURE);
+        }
+    }
+    // Quiet by default so stderr carries the one `listening on` line; RUST_LOG=info shows per-error lines.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_writer(io::stderr).with_env_filter(filter).try_init();
+    if cfg.https_inspection {
+        eprintln!(
+            "picoclaw-traffic-guardian: https_inspection is not available in this build; HTTPS is tunnelled blind"
+        );
+    }
+    let detector = Detector::new(DetectorOptions::default()).map_err(io::Error::other)?;
+    let writer = FindingsWriter::open(&cfg, Arc::new(Counters::default()))
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start the findings writer: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let served = runtime.block_on(async {
+        // Handlers first: a signal that arrives right after the listening line must stop us gracefully.
+        let mut signals = StopSignals::new()?;
+        let handle = proxy::Proxy::bind(proxy::Settings::from_config(&cfg), detector, writer.sink())
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.listen)))?;
+        eprintln!("listening on http://{}", handle.local_addr());
+        signals.next().await;
+        // A second signal while draining stops at once (the findings queued so far are still flushed by
+        // the writer's close below).
+        tokio::select! {
+            _ = handle.shutdown_within(Some(proxy::DRAIN_TIMEOUT)) => {}
+            _ = signals.next() => {}
+        }
+        Ok::<(), io::Error>(())
+    });
+    writer.close();
+    served.map(|()| EXIT_OK)
+}
+
+/// SIGTERM and SIGINT, either of them.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 fn check_config_json(l: &Loaded) -> Value {

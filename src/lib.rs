@@ -12,4 +12,5 @@ pub mod home;
 pub mod inspect;
 pub mod monitor;
 pub mod picoclaw;
+pub mod proxy;
 pub mod scan;

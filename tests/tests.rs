@@ -4,7 +4,10 @@
 mod util;
 
 mod check_config;
+mod connect_tls;
 mod doctor;
 mod packaging;
+mod proxy;
 mod scan;
+mod start;
 mod threats;
