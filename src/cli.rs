@@ -340,7 +340,7 @@ pub fn scan(args: &ScanArgs, out: &mut dyn Write) -> io::Result<u8> {
         Err(e) => return usage(format!("{name}: {e}")),
     };
     for f in &findings {
-        writeln!(out, "{}", scan::finding_json(f, &scan::timestamp_now()))?;
+        writeln!(out, "{}", scan::finding_json(f, time::OffsetDateTime::now_utc()))?;
     }
     out.flush()?;
     let failed = args.fail_on.is_some_and(|t| scan::any_at_or_above(&findings, t));
