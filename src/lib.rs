@@ -9,3 +9,4 @@ pub mod config;
 pub mod detect;
 pub mod home;
 pub mod inspect;
+pub mod proxy;

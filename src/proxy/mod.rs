@@ -1,0 +1,2 @@
+//! The proxy: listener, proxy auth, CONNECT, MITM ([`tls`]) and forwarding.
+pub mod tls;
