@@ -3,9 +3,10 @@
 //! A leaf has one SAN (the DNS name or IP address the client asked for), the serverAuth EKU, a fresh ECDSA
 //! P-256 key, and a validity of at most [`LEAF_VALIDITY`] that never runs past the CA's own end.
 //!
-//! Cost (measured on the 2-core development machine, debug build of the test suite, see
-//! `tests/tls.rs::mint_timing`): one mint (keygen + sign) takes about 1 ms in release and a few ms in debug,
-//! so a miss goes to `spawn_blocking` and hits are a mutex-guarded map lookup.
+//! Cost, measured on the 2-core development machine with the debug test build
+//! (`cargo test --test integration tls::mint_timing -- --nocapture`): one mint (P-256 keygen + sign) takes
+//! about 0.15 ms, a cache hit about 2 µs. A miss still goes to `spawn_blocking`, so a burst of new hosts never
+//! holds up the reactor threads; hits are a mutex-guarded map lookup.
 
 use std::fmt;
 use std::net::IpAddr;
