@@ -647,3 +647,124 @@ fn upstream_roots_merge_system_roots_and_the_upstream_ca_file() {
     let e = upstream_roots(&[], Some(&dir.path().join("absent.pem"))).unwrap_err();
     assert!(e.to_string().contains("upstream_ca_file"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_parallel_clients_share_one_leaf() {
+    let f = fixture();
+    let (cert, key) = server_cert(
+        &f.upstream_issuer,
+        &[UPSTREAM_NAME],
+        now() - time::Duration::hours(1),
+        now() + time::Duration::days(1),
+    );
+    let upstream = start_upstream(cert, key).await;
+    let (guardian, mut rx) = start_guardian(f.interceptor.clone(), upstream, UPSTREAM_NAME).await;
+    let client = client_trusting(f.guardian_ca.cert_der());
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { ping(&client, guardian, UPSTREAM_NAME).await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), b"pong:ping");
+    }
+    for _ in 0..100 {
+        assert_eq!(next_outcome(&mut rx).await.unwrap(), UPSTREAM_NAME);
+    }
+    assert_eq!(f.interceptor.leaves().len(), 1);
+    // Concurrent first connections may each mint before one is cached; all then serve the cached one.
+    assert!(f.interceptor.leaves().minted() >= 1);
+}
+
+/// The bytes of a real ClientHello for `name`.
+fn client_hello_bytes(name: &str) -> Vec<u8> {
+    let config = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth();
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from(name.to_string()).unwrap()).unwrap();
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_prefix_of_a_client_hello_is_an_error_never_a_panic_or_a_mint() {
+    let f = fixture();
+    let hello = client_hello_bytes(UPSTREAM_NAME);
+    assert!(hello.len() > 100);
+    for cut in 0..hello.len() {
+        let (mut peer, ours) = tokio::io::duplex(64 * 1024);
+        let (_upstream_peer, upstream) = tokio::io::duplex(1024);
+        peer.write_all(&hello[..cut]).await.unwrap();
+        drop(peer);
+        let e = f.interceptor.intercept(ours, upstream, UPSTREAM_NAME).await.unwrap_err();
+        assert_eq!(e.kind(), InterceptErrorKind::ClientHello, "cut at {cut}: {e}");
+    }
+    // The whole ClientHello gets as far as the upstream, which here just closes: an upstream error.
+    let (mut peer, ours) = tokio::io::duplex(64 * 1024);
+    let (upstream_peer, upstream) = tokio::io::duplex(1024);
+    drop(upstream_peer);
+    peer.write_all(&hello).await.unwrap();
+    let e = f.interceptor.intercept(ours, upstream, UPSTREAM_NAME).await.unwrap_err();
+    assert_eq!((e.kind(), e.fault()), (InterceptErrorKind::UpstreamHandshake, tls::Fault::Upstream), "{e}");
+    assert_eq!(f.interceptor.leaves().minted(), 0);
+}
+
+fn load_config(home: &Path, json: &str) -> picoclaw_traffic_guardian::config::Config {
+    use picoclaw_traffic_guardian::{config, home::EnvVars};
+    let file = home.with_extension("json");
+    fs::write(&file, json).unwrap();
+    let env = EnvVars::from_pairs([
+        ("PICOCLAW_TRAFFIC_GUARDIAN_HOME", home.display().to_string()),
+        ("HOME", home.display().to_string()),
+    ]);
+    let flags = config::Flags { config: Some(file), values: vec![] };
+    config::load(&env, &flags).into_config().unwrap()
+}
+
+#[test]
+fn interceptor_for_needs_a_ca_and_honours_the_upstream_ca_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let cfg = load_config(&home, r#"{"https_inspection": true}"#);
+    let e = tls::interceptor_for(&cfg, &tls::ca::SystemRoots::default()).unwrap_err();
+    assert!(matches!(e, tls::MitmStartError::Ca(tls::CaError::Missing { .. })), "{e}");
+    assert!(e.to_string().contains("ca init"), "{e}");
+
+    let ca = GuardianCa::generate("t", 30, now()).unwrap();
+    ca.save(&CaPaths::of(&cfg.home), false).unwrap();
+    assert!(tls::interceptor_for(&cfg, &tls::ca::SystemRoots::default()).is_ok());
+
+    // An upstream_ca_file without certificates stops the start, naming the key.
+    let junk = tmp.path().join("junk.pem");
+    fs::write(&junk, b"junk").unwrap();
+    let cfg = load_config(&home, &format!(r#"{{"https_inspection": true, "upstream_ca_file": {:?}}}"#, junk));
+    let e = tls::interceptor_for(&cfg, &tls::ca::SystemRoots::default()).unwrap_err();
+    assert!(matches!(e, tls::MitmStartError::Setup(_)) && e.to_string().contains("upstream_ca_file"), "{e}");
+
+    // An expired CA is refused with the fix.
+    let old = GuardianCa::generate("t", 1, now() - time::Duration::days(5)).unwrap();
+    old.save(&CaPaths::of(&cfg.home), true).unwrap();
+    let cfg = load_config(&home, r#"{"https_inspection": true}"#);
+    let e = tls::interceptor_for(&cfg, &tls::ca::SystemRoots::default()).unwrap_err();
+    assert!(e.to_string().contains("expired") && e.to_string().contains("ca init --force"), "{e}");
+}
+
+#[test]
+fn skip_hosts_and_the_switch_decide_interception() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let off = load_config(&home, r#"{"mitm_skip_hosts": []}"#);
+    assert!(!tls::should_intercept(&off, "api.openai.com"));
+    let on = load_config(&home, r#"{"https_inspection": true, "mitm_skip_hosts": ["*.pinned.test", "exact.test"]}"#);
+    assert!(tls::should_intercept(&on, "api.openai.com"));
+    assert!(!tls::should_intercept(&on, "a.pinned.test"));
+    assert!(!tls::should_intercept(&on, "EXACT.test"));
+    assert!(tls::should_intercept(&on, "pinned.test"));
+}
