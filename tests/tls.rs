@@ -768,3 +768,11 @@ fn skip_hosts_and_the_switch_decide_interception() {
     assert!(!tls::should_intercept(&on, "EXACT.test"));
     assert!(tls::should_intercept(&on, "pinned.test"));
 }
+
+#[test]
+fn duplicate_system_roots_are_kept_once() {
+    let (a, _) = test_ca("Dup Root");
+    let (b, _) = test_ca("Other Root");
+    let roots = upstream_roots(&[a.clone(), a.clone(), b, a], None).unwrap();
+    assert_eq!(roots.len(), 2);
+}

@@ -302,7 +302,7 @@ pub fn local_hostname() -> String {
 fn random_serial() -> Result<SerialNumber, CaError> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(|e| CaError::Generate(format!("no randomness for the serial: {e}")))?;
-    // A positive integer: the top bit clear, and never all zero in the first byte's place.
+    // A positive 16-byte integer: top bit clear (not negative), first byte non-zero (DER keeps all 16 bytes).
     bytes[0] = (bytes[0] & 0x7f) | 0x01;
     Ok(SerialNumber::from_slice(&bytes))
 }

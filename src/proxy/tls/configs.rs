@@ -3,6 +3,7 @@
 //! Both are built with [`builder_with_provider`](rustls::ServerConfig::builder_with_provider) and the ring
 //! provider ([`super::provider`]), never from crate features.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -57,7 +58,16 @@ pub fn upstream_roots(
     upstream_ca_file: Option<&Path>,
 ) -> Result<RootCertStore, TlsSetupError> {
     let mut roots = RootCertStore::empty();
-    roots.add_parsable_certificates(system.iter().cloned());
+    // `SSL_CERT_DIR` lists each root twice or more (file and hash links): keep one copy, since small boards
+    // hold the store for the whole run.
+    let mut seen: HashSet<&[u8]> = HashSet::new();
+    let mut unique = Vec::with_capacity(system.len());
+    for cert in system {
+        if seen.insert(cert.as_ref()) {
+            unique.push(cert.clone());
+        }
+    }
+    roots.add_parsable_certificates(unique);
     if let Some(path) = upstream_ca_file {
         let bad = |reason: String| TlsSetupError::UpstreamCaFile { path: path.to_path_buf(), reason };
         let bytes = fs::read(path).map_err(|e| bad(e.to_string()))?;

@@ -97,7 +97,8 @@ pub enum InterceptError {
     UpstreamTlsInvalid { host: String, reason: String },
     /// The upstream handshake failed otherwise (reset, protocol error, no common version).
     UpstreamHandshake { host: String, source: io::Error },
-    /// The client aborted the handshake with an alert after seeing the leaf: it does not trust the CA.
+    /// The client aborted the handshake with a certificate alert after seeing the leaf: it does not trust
+    /// the guardian CA. Log it once per host per window ([`OncePerWindow`]) with the fix the message carries.
     ClientRejectedLeaf { host: String, alert: String },
     /// The client handshake failed otherwise.
     ClientHandshake { host: String, source: io::Error },
@@ -295,7 +296,7 @@ impl Interceptor {
         let client = match self.bounded(start.into_stream(config), Some(&host), Stage::Client).await? {
             Ok(tls) => tls,
             Err(e) => {
-                return Err(match received_alert(&e) {
+                return Err(match certificate_alert(&e) {
                     Some(alert) => InterceptError::ClientRejectedLeaf { host, alert },
                     None => InterceptError::ClientHandshake { host, source: e },
                 })
@@ -331,10 +332,21 @@ fn certificate_error(e: &io::Error) -> Option<String> {
     }
 }
 
-/// The alert the peer sent, when it ended the handshake with one.
-fn received_alert(e: &io::Error) -> Option<String> {
+/// The alert the client sent, when it ended the handshake with one that rejects our certificate. The
+/// alerts differ by stack: Go sends `bad_certificate`, rustls and OpenSSL `unknown_ca`, Java
+/// `certificate_unknown`. Any other alert is an ordinary handshake failure.
+fn certificate_alert(e: &io::Error) -> Option<String> {
+    use rustls::AlertDescription as A;
     match rustls_error(e)? {
-        rustls::Error::AlertReceived(a) => Some(format!("{a:?}")),
+        rustls::Error::AlertReceived(
+            a @ (A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateUnknown
+            | A::UnsupportedCertificate
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::AccessDenied),
+        ) => Some(format!("{a:?}")),
         _ => None,
     }
 }
