@@ -5,7 +5,7 @@
 //!
 //! Cost, measured on the 2-core development machine with the debug test build
 //! (`cargo test --test integration tls::mint_timing -- --nocapture`): one mint (P-256 keygen + sign) takes
-//! about 0.15 ms, a cache hit about 2 µs. A miss still goes to `spawn_blocking`, so a burst of new hosts never
+//! 0.15 to 0.3 ms, a cache hit about 1.5 µs; a leaf is about 450 bytes of DER. A miss still goes to `spawn_blocking`, so a burst of new hosts never
 //! holds up the reactor threads; hits are a mutex-guarded map lookup.
 
 use std::fmt;
@@ -27,7 +27,7 @@ use super::provider;
 pub const LEAF_VALIDITY: Duration = Duration::days(30);
 /// A cached leaf this close to its end is minted again.
 pub const LEAF_RENEW_BEFORE: Duration = Duration::days(1);
-/// Default number of cached leaves (about 1 KiB of certificate and key each).
+/// Default number of cached leaves (each about 450 bytes of DER plus its key: well under 1 MiB when full).
 pub const DEFAULT_LEAF_CACHE: usize = 1024;
 
 /// The name a leaf is minted for: a DNS name (lowercase, no trailing dot) or an IP address.
