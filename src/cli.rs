@@ -64,6 +64,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage the guardian CA for HTTPS inspection (trusted per process, never installed system-wide).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
 }
 
 /// `threats` filters and output.
@@ -126,6 +131,37 @@ pub struct ScanArgs {
 enum DirectionArg {
     Outbound,
     Inbound,
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Make the guardian CA (ECDSA P-256) under <home>/ca; prints its SHA-256 fingerprint.
+    Init {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Replace an existing CA (processes trusting the old one need the new bundle).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write the trust bundle (system roots + guardian CA) handed to the monitored process.
+    Bundle {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Show the CA: paths, fingerprint, validity, and whether the bundle holds it.
+    Show {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print how to add the CA to the system trust store by hand (needs --system; runs nothing).
+    TrustInstructions {
+        /// Confirm that you want the system-wide instructions.
+        #[arg(long)]
+        system: bool,
+    },
 }
 
 /// Flags that override configuration keys (flag > environment > file > default).
@@ -195,6 +231,17 @@ pub fn run(cli: Cli, env: &EnvVars, out: &mut dyn Write) -> io::Result<u8> {
         Command::Scan(args) => scan(&args, out),
         Command::Doctor { config, json } => doctor(env, &config.to_flags(), json, out),
         Command::Start { config } => start(env, &config.to_flags()),
+        Command::Ca { command } => run_ca(command, env, out, &mut io::stderr().lock()),
+    }
+}
+
+fn run_ca(command: CaCommand, env: &EnvVars, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<u8> {
+    use crate::proxy::tls::cmd;
+    match command {
+        CaCommand::Init { config, force } => cmd::init(env, &config.to_flags(), force, out, err),
+        CaCommand::Bundle { config } => cmd::bundle(env, &config.to_flags(), out, err),
+        CaCommand::Show { config, json } => cmd::show(env, &config.to_flags(), json, out, err),
+        CaCommand::TrustInstructions { system } => cmd::trust_instructions(env, system, out, err),
     }
 }
 

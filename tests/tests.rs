@@ -11,3 +11,4 @@ mod proxy;
 mod scan;
 mod start;
 mod threats;
+mod tls;

@@ -186,7 +186,7 @@ pub fn export(
     let bytes = render(&fragment);
     let changed = fs::read(output).map(|old| old != bytes.as_bytes()).unwrap_or(true);
     if changed {
-        state::write_private_atomic(output, bytes.as_bytes())
+        home::write_private_atomic(output, bytes.as_bytes())
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", output.display())))?;
     }
     Ok(Exported { output: output.to_path_buf(), canonical_sha256: canonical_sha256(&fragment), changed })
@@ -208,7 +208,7 @@ fn stable_timestamp(state_file: &Path, digest: &str, now: OffsetDateTime) -> io:
         home::ensure_private_dir(dir).map_err(|e| io::Error::other(e.to_string()))?;
     }
     let record = json!({"posture_sha256": digest, "generated_at": at});
-    state::write_private_atomic(state_file, record.to_string().as_bytes())?;
+    home::write_private_atomic(state_file, record.to_string().as_bytes())?;
     Ok(at)
 }
 
