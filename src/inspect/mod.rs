@@ -5,6 +5,10 @@
 //! they are forwarded, then `finish`. It enforces the per-message scan budget: once `max_scan_bytes` have
 //! been inspected (start line and headers included) it takes no more and counts the rest as unscanned.
 
+pub mod accumulate;
+pub mod ndjson;
+pub mod sse;
+
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::detect::{Destination, Detection, Detector, Direction, Location, ScanContext, Scanner};
