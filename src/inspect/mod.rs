@@ -8,6 +8,7 @@
 pub mod accumulate;
 pub mod ndjson;
 pub mod sse;
+pub mod ws;
 
 use http::{HeaderMap, Method, StatusCode};
 
