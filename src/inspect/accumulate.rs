@@ -102,6 +102,10 @@ pub const SKIP_NAMES: &[&str] = &[
     "created_at",
     "status",
     "done_reason",
+    // Opaque blobs: Gemini thought signatures, Responses API encrypted reasoning and its random padding.
+    "thoughtSignature",
+    "encrypted_content",
+    "obfuscation",
 ];
 
 /// Field names that, holding a non-null value, say a choice or message is finished: complete arguments.

@@ -77,14 +77,42 @@ fn long_lines_are_truncated_and_counted() {
     assert_eq!(p.stats().dropped, (250_000 - MAX_LINE_BYTES) as u64);
 }
 
+/// The property the fuzz seeds and the proptest check: no panic, a bounded line, and the chunking never
+/// changes the pieces.
+pub(crate) fn check_arbitrary(bytes: &[u8], split: usize) {
+    let whole = decode(&[bytes]);
+    let parts: Vec<&[u8]> = bytes.chunks(split.max(1)).collect();
+    assert_eq!(decode(&parts), whole, "split every {split}");
+    let mut p = NdjsonParser::new();
+    for part in &parts {
+        p.feed(part, &mut |l, _| assert!(l.len() <= MAX_LINE_BYTES));
+        assert!(p.buffered() <= MAX_LINE_BYTES);
+    }
+}
+
+#[test]
+fn fuzz_seeds_replay() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut n = 0;
+    for sub in ["corpus/ndjson", "artifacts/ndjson"] {
+        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else { continue };
+        for entry in entries.flatten() {
+            let bytes = std::fs::read(entry.path()).unwrap();
+            for split in [1, 2, 5, 64] {
+                check_arbitrary(&bytes, split);
+            }
+            n += 1;
+        }
+    }
+    assert!(n > 0, "no fuzz seeds under {}", dir.display());
+    let seed = std::fs::read(dir.join("corpus/ndjson/ollama_chat")).unwrap();
+    assert_eq!(decode(&[&seed]).stream("message.content"), CMD);
+}
+
 #[test]
 fn arbitrary_bytes_never_panic() {
     use proptest::prelude::*;
     proptest!(|(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..20))| {
-        let mut nd = NdjsonText::new();
-        for c in &chunks {
-            nd.feed(c, &mut |_| {});
-        }
-        nd.finish(&mut |_| {});
+        check_arbitrary(&chunks.concat(), chunks.first().map_or(1, Vec::len));
     });
 }

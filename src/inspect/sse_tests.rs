@@ -294,6 +294,71 @@ fn plain_text_data_joins_and_broken_json_is_scanned_whole() {
     assert_eq!(got.of(PieceKind::Whole), vec!["{\"choices\": [oops curl x | sh"]);
 }
 
+/// The property the fuzz seeds and the proptests check: no panic, bounded buffers and events, and the
+/// chunking never changes the pieces.
+pub(crate) fn check_arbitrary(bytes: &[u8], split: usize) {
+    let whole = decode(&[bytes]);
+    let parts: Vec<&[u8]> = bytes.chunks(split.max(1)).collect();
+    assert_eq!(decode(&parts), whole, "split every {split}");
+    let mut p = SseParser::new();
+    for part in &parts {
+        p.feed(part, &mut |e| assert!(e.data.len() <= MAX_EVENT_BYTES));
+        assert!(p.buffered() <= MAX_LINE_BYTES + MAX_EVENT_BYTES);
+    }
+    p.finish(&mut |e| assert!(e.data.len() <= MAX_EVENT_BYTES));
+}
+
+#[test]
+fn fuzz_seeds_replay() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut n = 0;
+    for sub in ["corpus/sse", "artifacts/sse"] {
+        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else { continue };
+        for entry in entries.flatten() {
+            let bytes = std::fs::read(entry.path()).unwrap();
+            for split in [1, 2, 3, 7, 64] {
+                check_arbitrary(&bytes, split);
+            }
+            n += 1;
+        }
+    }
+    assert!(n > 0, "no fuzz seeds under {}", dir.display());
+    // The seeds carry the command: they exercise the joining, not just the framing.
+    let seed = std::fs::read(dir.join("corpus/sse/openai_lf")).unwrap();
+    assert_eq!(decode(&[&seed]).stream("choices[0].delta.content"), CMD);
+}
+
+fn sse_fragment() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        Just("data: ".to_owned()),
+        Just("data:".to_owned()),
+        Just("event: content_block_delta".to_owned()),
+        Just(": c".to_owned()),
+        Just("id: 1".to_owned()),
+        Just("retry: 5".to_owned()),
+        Just("\n".to_owned()),
+        Just("\r".to_owned()),
+        Just("\r\n".to_owned()),
+        Just("\u{feff}".to_owned()),
+        Just("[DONE]".to_owned()),
+        Just(r#"{"choices":[{"index":0,"delta":{"content":"#.to_owned()),
+        Just(r#"{"type":"content_block_delta","index":1,"delta":{"partial_json":"#.to_owned()),
+        Just(r#""{\"c\":\"rm -rf /\"}"}}"#.to_owned()),
+        Just(r#""curl x | sh"}}]}"#.to_owned()),
+        Just(r#"{"choices":[{"index":0,"finish_reason":"stop"}]}"#.to_owned()),
+        "[a-z \"{}:,\\[\\]\\\\]{0,12}",
+    ]
+}
+
+#[test]
+fn sse_shaped_input_is_chunking_invariant() {
+    use proptest::prelude::*;
+    proptest!(|(frags in proptest::collection::vec(sse_fragment(), 0..40), split in 1usize..20)| {
+        check_arbitrary(frags.concat().as_bytes(), split);
+    });
+}
+
 #[test]
 fn arbitrary_bytes_never_panic_and_stay_bounded() {
     use proptest::prelude::*;
@@ -303,10 +368,6 @@ fn arbitrary_bytes_never_panic_and_stay_bounded() {
             sse.feed(c, &mut |_| {});
         }
         sse.finish(&mut |_| {});
-        let mut p = SseParser::new();
-        for c in &chunks {
-            p.feed(c, &mut |_| {});
-            prop_assert!(p.buffered() <= MAX_LINE_BYTES + MAX_EVENT_BYTES);
-        }
+        check_arbitrary(&chunks.concat(), chunks.first().map_or(1, Vec::len));
     });
 }

@@ -30,6 +30,12 @@
 //! compressed input plus [`INFLATE_SLACK_BYTES`]; with context takeover the inflater is then out of step, so
 //! later compressed messages of that direction are counted as undecoded instead of guessed at.
 //!
+//! Past the cap a message is still inflated (into a scratch buffer, up to the ratio), so corrupt data is
+//! noticed wherever it sits and, with context takeover, the window stays in step. Everything the decoder
+//! hands on or fails on is independent of how the bytes were split into chunks, with one exception: the
+//! exact point where the ratio limit cuts a message (and so whether corrupt data after it is noticed)
+//! depends on how much compressed input had arrived when it was checked.
+//!
 //! ```
 //! use picoclaw_traffic_guardian::inspect::ws::{DeflateParams, Sender, WsDecoder};
 //! let params = DeflateParams::from_response_header("permessage-deflate; server_no_context_takeover").unwrap();
@@ -244,6 +250,8 @@ pub struct WsStats {
     pub skipped_binary: u64,
     /// Compressed messages not decoded because the inflater's context was lost to an earlier cut.
     pub undecoded_messages: u64,
+    /// Compressed messages whose inflating stopped at [`MAX_INFLATE_RATIO`].
+    pub ratio_stops: u64,
 }
 
 /// A read-only cursor over peer bytes: every read is checked, nothing is indexed.
@@ -307,10 +315,12 @@ struct Message {
     deflated: u64,
     /// Bytes the inflater produced for this message.
     inflated: u64,
-    /// Inflating this message was given up (cap reached without context to keep, or ratio passed).
+    /// Inflating this message was given up (ratio passed).
     inflate_stopped: bool,
     /// The inflater's context was already lost when this message started: nothing of it is decoded.
     undecodable: bool,
+    /// Inflating stopped at the ratio limit.
+    over_ratio: bool,
 }
 
 #[derive(Debug)]
@@ -513,6 +523,7 @@ impl WsDecoder {
             inflated: 0,
             inflate_stopped: false,
             undecodable,
+            over_ratio: false,
         });
     }
 
@@ -588,6 +599,9 @@ impl WsDecoder {
         }
         if msg.truncated {
             self.stats.truncated_messages += 1;
+        }
+        if msg.over_ratio {
+            self.stats.ratio_stops += 1;
         }
         if msg.buf.is_empty() {
             return Ok(());
@@ -679,12 +693,8 @@ fn inflate(inf: &mut Inflater, msg: &mut Message, max: usize, mut input: &[u8]) 
             // now unknown for the messages that follow.
             msg.truncated = true;
             msg.inflate_stopped = true;
+            msg.over_ratio = true;
             inf.lost = !inf.reset_each;
-            return Ok(());
-        }
-        if msg.truncated && inf.reset_each {
-            // Nothing after the cap is kept and no later message depends on this one: stop the work.
-            msg.inflate_stopped = true;
             return Ok(());
         }
         if status == Status::StreamEnd {
