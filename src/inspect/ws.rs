@@ -330,7 +330,7 @@ struct Inflater {
     /// The deflate stream ended (a final block): the rest of the message is ignored and the next one
     /// starts a new stream.
     ended: bool,
-    /// Context takeover, and output was skipped: later messages cannot be decoded.
+    /// Context takeover, and a message was cut at the ratio limit: later messages cannot be decoded.
     lost: bool,
 }
 
