@@ -8,7 +8,13 @@
 //! head ─▶ target (Location::Target), each header value (Location::Header(name)) ─────────────┐
 //! body chunks (already de-chunked) ─▶ decode::BodyDecoder (Content-Encoding, bounded)          ▼
 //!                                   ─▶ route::Router (Content-Type: text / UTF-8 gate / multipart) ─▶ detect::Scanner
+//!                                   ─▶ stream::StreamBody (event-stream, NDJSON) ─▶ one Scanner per logical text
 //! ```
+//!
+//! Streamed replies (`text/event-stream`, NDJSON) are decoded after the content coding, so compressed SSE
+//! works, and scanned event by event: a finding is ready as soon as the event that completes it arrives,
+//! while the stream is still open ([`MessageInspector::take_detections`] after each `feed_body`).
+//! WebSocket connections have their own inspector, [`WsInspector`].
 //!
 //! What is decoded where:
 //! - `Transfer-Encoding: chunked`: by hyper in the proxy, by [`chunked::ChunkedDecoder`] in `scan`; the
@@ -16,11 +22,12 @@
 //! - `Content-Encoding` gzip / deflate (zlib or raw) / br / zstd, stacked: [`decode`], as chunks arrive.
 //!   Unknown codings: the body is scanned as it is.
 //! - Content types: [`route`] (JSON, forms, text, XML, JS and unknown types are fed as they are; multipart is
-//!   split into parts; images, audio, video and `application/octet-stream` are skipped unless valid UTF-8).
+//!   split into parts; images, audio, video and `application/octet-stream` are skipped unless valid UTF-8);
+//!   SSE and NDJSON through [`sse`] / [`ndjson`] and the [`accumulate`] JSON accumulator into [`stream`].
 //! - JSON string escapes, percent-encoding and base64: inside the detector, not here.
 //!
 //! The budget: at most `max_scan_bytes` are inspected per message, counting the start line, the header
-//! lines and the DECODED body bytes. Once it is spent (or decoding stopped: a bomb or corrupt data) the
+//! lines and the DECODED body bytes (for SSE and NDJSON: the decoded event bytes, framing included). Once it is spent (or decoding stopped: a bomb or corrupt data) the
 //! inspector takes no more, [`MessageInspector::wants_more`] turns false, and further body bytes are counted
 //! in [`InspectStats::unscanned`] as received (before decompression).
 //!
@@ -57,7 +64,11 @@ pub mod decode;
 pub mod ndjson;
 pub mod route;
 pub mod sse;
+pub mod stream;
+pub mod websocket;
 pub mod ws;
+
+pub use websocket::WsInspector;
 
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, Method, StatusCode};
@@ -66,6 +77,7 @@ use crate::detect::{Destination, Detection, Detector, Direction, Location, ScanC
 
 use self::decode::{BodyDecoder, Stop, Unsupported};
 use self::route::{BodyKind, Router};
+use self::stream::StreamBody;
 
 /// Headers whose values are framing, not content: counted in the budget, not scanned.
 const FRAMING_HEADERS: &[&str] =
@@ -103,16 +115,50 @@ pub enum StartLine<'a> {
 /// Inspects one HTTP message within its budget.
 #[derive(Debug)]
 pub struct MessageInspector {
-    body: Scanner,
+    body: Body,
     found: Vec<Detection>,
     budget: usize,
     /// Bytes counted against the budget: head plus decoded body.
     used: usize,
     stats: InspectStats,
     decoder: Option<BodyDecoder>,
-    router: Router,
     notes: BodyNotes,
     finished: bool,
+}
+
+/// Where decoded body bytes go.
+#[derive(Debug)]
+enum Body {
+    /// Routed by content type into one scanner.
+    Routed { router: Router, scanner: Scanner },
+    /// SSE or NDJSON: text pieces into one scanner per logical text.
+    Stream(StreamBody),
+}
+
+impl Body {
+    fn push(&mut self, data: &[u8], found: &mut Vec<Detection>) {
+        match self {
+            Body::Routed { router, scanner } => router.push(data, &mut |text: &[u8]| scanner.feed(text, found)),
+            Body::Stream(s) => s.feed(data, found),
+        }
+    }
+
+    fn finish(&mut self, found: &mut Vec<Detection>) {
+        match self {
+            Body::Routed { router, scanner } => {
+                router.finish(&mut |text: &[u8]| scanner.feed(text, found));
+                scanner.finish(found);
+            }
+            Body::Stream(s) => s.finish(found),
+        }
+    }
+
+    fn skipped(&self) -> u64 {
+        match self {
+            Body::Routed { router, .. } => router.skipped(),
+            Body::Stream(_) => 0,
+        }
+    }
 }
 
 impl MessageInspector {
@@ -192,14 +238,19 @@ impl MessageInspector {
         kind: BodyKind,
         budget: usize,
     ) -> MessageInspector {
+        let ctx = ScanContext::new(direction, dest, Location::Body);
+        let body = match kind {
+            BodyKind::EventStream => Body::Stream(StreamBody::sse(detector, ctx)),
+            BodyKind::Ndjson => Body::Stream(StreamBody::ndjson(detector, ctx)),
+            kind => Body::Routed { router: Router::new(kind), scanner: detector.scanner(ctx) },
+        };
         MessageInspector {
-            body: detector.scanner(ScanContext::new(direction, dest, Location::Body)),
+            body,
             found: Vec::new(),
             budget,
             used: 0,
             stats: InspectStats::default(),
             decoder: None,
-            router: Router::new(kind),
             notes: BodyNotes::default(),
             finished: false,
         }
@@ -243,12 +294,11 @@ impl MessageInspector {
             return;
         }
         let room = self.room();
-        let Self { body, found, router, decoder, .. } = self;
-        let mut emit = |text: &[u8]| body.feed(text, found);
+        let Self { body, found, decoder, .. } = self;
         match decoder {
             None => {
                 let (take, rest) = chunk.split_at(chunk.len().min(room));
-                router.push(take, &mut emit);
+                body.push(take, found);
                 self.used += take.len();
                 self.stats.scanned += take.len() as u64;
                 self.stats.unscanned += rest.len() as u64;
@@ -256,13 +306,13 @@ impl MessageInspector {
             Some(d) => {
                 let mut decoded = Vec::new();
                 d.feed(chunk, room, &mut decoded);
-                router.push(&decoded, &mut emit);
+                body.push(&decoded, found);
                 self.used += decoded.len();
                 self.stats.scanned += chunk.len() as u64;
                 self.notes.decode_stopped = d.stopped();
             }
         }
-        self.notes.skipped_binary = self.router.skipped();
+        self.notes.skipped_binary = self.body.skipped();
     }
 
     /// The message ended.
@@ -271,10 +321,8 @@ impl MessageInspector {
             return;
         }
         self.finished = true;
-        let Self { body, found, router, .. } = self;
-        router.finish(&mut |text: &[u8]| body.feed(text, found));
-        body.finish(found);
-        self.notes.skipped_binary = self.router.skipped();
+        self.body.finish(&mut self.found);
+        self.notes.skipped_binary = self.body.skipped();
     }
 
     /// Whether more body bytes would still be inspected (false once the budget is spent or decoding

@@ -2,7 +2,9 @@
 //!
 //! | content type | what the detector gets |
 //! |---|---|
-//! | JSON (`application/json`, `*+json`, NDJSON), form-urlencoded, `text/*`, XML, JavaScript, none, anything not listed | the bytes as they are (JSON escapes, percent-encoding and base64 are undone inside the detector) |
+//! | `text/event-stream` | [`BodyKind::EventStream`]: the events' text pieces, joined per JSON path ([`super::stream`]) |
+//! | NDJSON (`application/x-ndjson`, `application/ndjson`, `application/jsonl`, `application/x-jsonlines`) | [`BodyKind::Ndjson`]: each line's text pieces, joined per JSON path ([`super::stream`]) |
+//! | JSON (`application/json`, `*+json`), form-urlencoded, other `text/*`, XML, JavaScript, none, anything not listed | the bytes as they are (JSON escapes, percent-encoding and base64 are undone inside the detector) |
 //! | `multipart/*` with a boundary | each part's headers and body, parts split on the boundary; a part whose own type is binary goes through the UTF-8 gate; the preamble and epilogue are fed too (a wrong boundary must not hide a body) |
 //! | `image/*`, `audio/*`, `video/*`, `application/octet-stream` | the UTF-8 gate: bytes are fed while they are valid UTF-8; at the first invalid sequence the rest is skipped (a mislabelled text body is still scanned, a real image is skipped at its first bytes) |
 //!
@@ -22,7 +24,15 @@ pub enum BodyKind {
     Binary,
     /// Split into parts on this boundary.
     Multipart(Vec<u8>),
+    /// Server-sent events: decoded into text pieces by the inspector, not by a [`Router`].
+    EventStream,
+    /// Newline-delimited JSON: decoded into text pieces by the inspector, not by a [`Router`].
+    Ndjson,
 }
+
+/// NDJSON media types (`application/x-ndjson` is Ollama's).
+const NDJSON_TYPES: &[&str] =
+    &["application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"];
 
 /// The lowercase media type (`type/subtype`) of a `Content-Type` value.
 fn media_type(ct: &[u8]) -> String {
@@ -56,6 +66,12 @@ pub fn classify(content_type: Option<&[u8]>) -> BodyKind {
     }
     if matches!(top, "image" | "audio" | "video") || media == "application/octet-stream" {
         return BodyKind::Binary;
+    }
+    if media == "text/event-stream" {
+        return BodyKind::EventStream;
+    }
+    if NDJSON_TYPES.contains(&media.as_str()) {
+        return BodyKind::Ndjson;
     }
     BodyKind::Text
 }
@@ -323,10 +339,11 @@ enum RouterKind {
 }
 
 impl Router {
-    /// A router for a body of this kind.
+    /// A router for a body of this kind. The stream kinds pass through as text here: the inspector routes
+    /// them through [`super::stream`] instead, so a router only sees them when used on its own.
     pub fn new(kind: BodyKind) -> Router {
         let inner = match kind {
-            BodyKind::Text => RouterKind::Text,
+            BodyKind::Text | BodyKind::EventStream | BodyKind::Ndjson => RouterKind::Text,
             BodyKind::Binary => RouterKind::Binary(Utf8Gate::default()),
             BodyKind::Multipart(b) => RouterKind::Multipart(Box::new(Multipart::new(&b))),
         };
@@ -386,10 +403,15 @@ mod tests {
             "application/x-www-form-urlencoded",
             "application/xml",
             "application/javascript",
-            "application/x-ndjson",
+            "text/events",
             "application/weird",
         ] {
             assert_eq!(c(text), BodyKind::Text, "{text}");
+        }
+        assert_eq!(c("text/event-stream; charset=utf-8"), BodyKind::EventStream);
+        assert_eq!(c("Text/Event-Stream"), BodyKind::EventStream);
+        for nd in ["application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"] {
+            assert_eq!(c(nd), BodyKind::Ndjson, "{nd}");
         }
         for bin in ["image/png", "Audio/ogg", "video/mp4", "application/octet-stream"] {
             assert_eq!(c(bin), BodyKind::Binary, "{bin}");

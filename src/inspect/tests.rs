@@ -247,3 +247,106 @@ fn garbage_never_panics_in_any_path() {
         let _ = dec.decode(&body, &mut |_| {});
     }
 }
+
+/// An OpenAI-style SSE reply spelling `text` in deltas of `n` characters.
+fn sse_reply(text: &str, n: usize, eol: &str) -> Vec<u8> {
+    let mut out = String::new();
+    let chars: Vec<char> = text.chars().collect();
+    for piece in chars.chunks(n) {
+        let piece: String = piece.iter().collect();
+        let ev = serde_json::json!({"id": "c1", "choices": [{"index": 0, "delta": {"content": piece}}]});
+        out.push_str(&format!("data: {ev}{eol}{eol}"));
+    }
+    out.push_str(&format!("data: [DONE]{eol}{eol}"));
+    out.into_bytes()
+}
+
+/// Runs a response with `body` fed in pieces of `split` bytes; returns the detections' patterns.
+fn run_response(h: &HeaderMap, body: &[u8], split: usize, budget: usize) -> Vec<&'static str> {
+    let d = detector();
+    let mut m = MessageInspector::response(&d, dest(), StatusCode::OK, h, budget);
+    for part in body.chunks(split.max(1)) {
+        m.feed_body(part);
+    }
+    m.finish();
+    m.take_detections().into_iter().map(|x| x.pattern).collect()
+}
+
+#[test]
+fn sse_joins_a_key_spelled_over_events_whatever_the_split_and_coding() {
+    let text = format!("here it is: {KEY} enjoy");
+    for eol in ["\n", "\r\n"] {
+        let body = sse_reply(&text, 3, eol);
+        assert!(!body.windows(KEY.len()).any(|w| w == KEY.as_bytes()), "the key never sits whole on the wire");
+        let plain = headers(&[("content-type", "text/event-stream")]);
+        let gz = headers(&[("content-type", "text/event-stream; charset=utf-8"), ("content-encoding", "gzip")]);
+        let br = headers(&[("content-type", "text/event-stream"), ("content-encoding", "br")]);
+        for (h, wire) in [(plain, body.clone()), (gz, gzip(&body)), (br, brotli(&body))] {
+            for split in [1, 2, 7, 64, wire.len()] {
+                assert_eq!(run_response(&h, &wire, split, 65536), ["aws_access_key"], "{h:?} split {split}");
+            }
+        }
+        // The same body under a plain text type is not joined: the key is never whole.
+        assert!(run_response(&headers(&[("content-type", "text/plain")]), &body, 5, 65536).is_empty());
+    }
+}
+
+#[test]
+fn sse_finding_is_ready_before_the_stream_ends() {
+    let d = detector();
+    let h = headers(&[("content-type", "text/event-stream")]);
+    let mut m = MessageInspector::response(&d, dest(), StatusCode::OK, &h, 65536);
+    let body = sse_reply(KEY, 4, "\n");
+    // Everything but the [DONE] event and the end of the stream.
+    let cut = body.len() - "data: [DONE]\n\n".len();
+    for part in body[..cut].chunks(9) {
+        m.feed_body(part);
+    }
+    assert_eq!(m.take_detections().len(), 1, "found while the stream is still open");
+    m.feed_body(&body[cut..]);
+    m.finish();
+    assert!(m.take_detections().is_empty(), "and not again at the end");
+}
+
+#[test]
+fn sse_budget_counts_the_decoded_event_bytes() {
+    let h = headers(&[("content-type", "text/event-stream")]);
+    let body = sse_reply(&format!("{KEY} "), 5, "\n");
+    let head = "HTTP/1.1 200 OK\r\n".len() + "content-type".len() + "text/event-stream".len() + 4;
+    // The key completes in the fourth event; one byte short of its end, its JSON is cut and the piece lost.
+    let fourth = body.windows(2).enumerate().filter(|(_, w)| w == b"\n\n").nth(3).unwrap().0 + 2;
+    assert_eq!(run_response(&h, &body, 3, head + fourth), ["aws_access_key"]);
+    assert!(run_response(&h, &body, 3, head + fourth - 3).is_empty());
+}
+
+#[test]
+fn ndjson_joins_ollama_pieces() {
+    let mut body = String::new();
+    for piece in [&KEY[..6], &KEY[6..13], &KEY[13..]] {
+        body.push_str(
+            &serde_json::json!({"model": "m", "message": {"role": "assistant", "content": piece}}).to_string(),
+        );
+        body.push('\n');
+    }
+    body.push_str("{\"done\":true}\n");
+    for ct in ["application/x-ndjson", "application/jsonl"] {
+        let h = headers(&[("content-type", ct)]);
+        for split in 1..body.len() {
+            assert_eq!(run_response(&h, body.as_bytes(), split, 65536), ["aws_access_key"], "{ct} split {split}");
+        }
+    }
+}
+
+#[test]
+fn sse_tool_call_arguments_are_scanned_decoded() {
+    // The key sits JSON-escaped in the arguments string ("AKIA\u005a..."): the decoded pass finds it.
+    let escaped = format!("{{\"cmd\":\"echo {}\\u005a{}\"}}", &KEY[..4], &KEY[5..]);
+    let mut body = String::new();
+    for piece in [&escaped[..10], &escaped[10..]] {
+        let ev = serde_json::json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}}]});
+        body.push_str(&format!("data: {ev}\n\n"));
+    }
+    body.push_str("data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n");
+    let h = headers(&[("content-type", "text/event-stream")]);
+    assert!(run_response(&h, body.as_bytes(), 11, 65536).contains(&"aws_access_key"));
+}
