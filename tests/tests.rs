@@ -10,5 +10,6 @@ mod packaging;
 mod proxy;
 mod scan;
 mod start;
+mod streaming;
 mod threats;
 mod tls;

@@ -290,3 +290,91 @@ impl LogStore for FailingStore {
         Err(io::Error::other("no space left on device"))
     }
 }
+
+// ---- Streaming upstreams (SSE, NDJSON) ----
+
+/// A canned streamed reply: the response headers, the body as the pieces the upstream writes one by one
+/// (each flushed on its own after `gap`), and an optional hold that keeps the body open after the last
+/// piece until it is notified.
+#[derive(Clone)]
+pub struct StreamReply {
+    pub headers: Vec<(&'static str, String)>,
+    pub pieces: Vec<Bytes>,
+    pub gap: Duration,
+    pub hold: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl StreamReply {
+    /// A reply of `content_type` written as `pieces`, 1 ms apart.
+    pub fn new(content_type: &str, pieces: Vec<Vec<u8>>) -> StreamReply {
+        StreamReply {
+            headers: vec![("content-type", content_type.to_owned())],
+            pieces: pieces.into_iter().map(Bytes::from).collect(),
+            gap: Duration::from_millis(1),
+            hold: None,
+        }
+    }
+
+    /// The whole body as sent.
+    pub fn body(&self) -> Vec<u8> {
+        self.pieces.concat()
+    }
+}
+
+/// Starts an upstream (with `TCP_NODELAY`, so each piece leaves as its own segment) that answers every
+/// request with `reply`.
+pub async fn streaming_upstream(reply: StreamReply) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+    let addr = listener.local_addr().expect("upstream addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: Request<Incoming>| {
+                    let reply = reply.clone();
+                    async move {
+                        let (tx, body) = channel_body();
+                        tokio::spawn(async move {
+                            for p in reply.pieces {
+                                if tx.send(p).await.is_err() {
+                                    return;
+                                }
+                                tokio::time::sleep(reply.gap).await;
+                            }
+                            if let Some(hold) = reply.hold {
+                                hold.notified().await;
+                            }
+                        });
+                        let mut resp = Response::new(body);
+                        for (k, v) in &reply.headers {
+                            resp.headers_mut().insert(*k, v.parse().expect("header value"));
+                        }
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Cuts `data` into pieces of 1 to `max` bytes (a fixed cycle), so pieces end inside events and lines.
+pub fn cut(data: &[u8], max: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut rest, mut n) = (data, 1);
+    while !rest.is_empty() {
+        let (a, b) = rest.split_at(n.min(rest.len()));
+        out.push(a.to_vec());
+        rest = b;
+        n = n % max.max(1) + 1;
+    }
+    out
+}
+
+/// The lines of the findings log as written so far (no waiting for inspection to finish).
+pub fn log_lines(p: &TestProxy) -> Vec<Finding> {
+    let text = std::fs::read_to_string(p.dir.path().join("findings.jsonl")).unwrap_or_default();
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}

@@ -131,8 +131,8 @@ pub struct MessageInspector {
 enum Body {
     /// Routed by content type into one scanner.
     Routed { router: Router, scanner: Scanner },
-    /// SSE or NDJSON: text pieces into one scanner per logical text.
-    Stream(StreamBody),
+    /// SSE or NDJSON: text pieces into one scanner per logical text (boxed: the decoders are large).
+    Stream(Box<StreamBody>),
 }
 
 impl Body {
@@ -240,8 +240,8 @@ impl MessageInspector {
     ) -> MessageInspector {
         let ctx = ScanContext::new(direction, dest, Location::Body);
         let body = match kind {
-            BodyKind::EventStream => Body::Stream(StreamBody::sse(detector, ctx)),
-            BodyKind::Ndjson => Body::Stream(StreamBody::ndjson(detector, ctx)),
+            BodyKind::EventStream => Body::Stream(Box::new(StreamBody::sse(detector, ctx))),
+            BodyKind::Ndjson => Body::Stream(Box::new(StreamBody::ndjson(detector, ctx))),
             kind => Body::Routed { router: Router::new(kind), scanner: detector.scanner(ctx) },
         };
         MessageInspector {

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! decoded body ─▶ SseText / NdjsonText ─▶ TextPiece ─▶ PieceScanner ─┬▶ Stream:  scanners[key].feed (joined)
+//!                                                                    │          + window scan per chunk
 //!                                                                    └▶ Whole, Decoded: detector.scan (alone)
 //! ```
 //!
@@ -11,60 +12,121 @@
 //! detector as a piece (JSON escapes undone), and the rest of an event is framing and bookkeeping (ids,
 //! model names, roles; see [`super::accumulate::SKIP_NAMES`]).
 //!
-//! Memory: one scanner per key, and the accumulator keeps at most [`MAX_KEYS`] keys (a further one is
-//! handed on as [`PieceKind::Whole`]); [`PieceScanner`] also refuses to open more than `MAX_KEYS + 1`.
+//! # Findings while the stream is open
+//! A streaming [`Scanner`] may hold a match back until more text follows (it matches in large steps for
+//! throughput, and keeps an overlap), which on a held-open stream could be minutes or never. So after
+//! each fed chunk, [`PieceScanner::checkpoint`] also scans the last [`CHECK_WINDOW_BYTES`] of every logical
+//! text that grew, on its own: a match of up to that length is reported as soon as the event completing
+//! it arrives. The work is bounded by the window per key per chunk; nothing is rescanned from the start.
+//! Each value is reported once per message (by pattern and fingerprint), whichever pass finds it first.
+//!
+//! Memory: one scanner and one window per key, and the accumulator keeps at most [`MAX_KEYS`] keys (a
+//! further one is handed on as [`PieceKind::Whole`]); [`PieceScanner`] also refuses to open more than
+//! `MAX_KEYS + 1`. At most [`MAX_REPORTED`] values are remembered for the once-per-message rule.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use super::accumulate::{PieceKind, TextPiece, MAX_KEYS};
 use super::ndjson::NdjsonText;
 use super::sse::SseText;
 use crate::detect::{Detection, Detector, ScanContext, Scanner};
 
+/// Bytes of a logical text scanned again at each checkpoint: the detector's longest rule match (2 KiB)
+/// with its snippet context, and room for text the detector still has to unescape.
+pub const CHECK_WINDOW_BYTES: usize = 4096;
+/// Values remembered per message so that each is reported once; past it, repeats reach the findings
+/// writer, whose own dedup window still folds them.
+pub const MAX_REPORTED: usize = 4096;
+
+/// One logical text: its incremental scanner and its recent bytes.
+#[derive(Debug)]
+struct KeyText {
+    scanner: Scanner,
+    /// The last bytes of the text: up to the window before the last checkpoint, plus what came since.
+    tail: Vec<u8>,
+    /// Text arrived since the last checkpoint.
+    grew: bool,
+}
+
 /// Scans text pieces: the pieces of one key through that key's incremental scanner, other pieces alone.
 #[derive(Debug)]
 pub struct PieceScanner {
     detector: Detector,
     ctx: ScanContext,
-    scanners: BTreeMap<String, Scanner>,
+    keys: BTreeMap<String, KeyText>,
+    reported: HashSet<(&'static str, String)>,
 }
 
 impl PieceScanner {
     /// A scanner for pieces found in `ctx`.
     pub fn new(detector: &Detector, ctx: ScanContext) -> PieceScanner {
-        PieceScanner { detector: detector.clone(), ctx, scanners: BTreeMap::new() }
+        PieceScanner { detector: detector.clone(), ctx, keys: BTreeMap::new(), reported: HashSet::new() }
     }
 
-    /// Scans one piece; detections go to `found` as soon as a match is complete.
+    /// Scans one piece; detections go to `found` once a match is complete (for joined texts: at the
+    /// scanner's pace, and at the latest at the next [`PieceScanner::checkpoint`]).
     pub fn piece(&mut self, p: TextPiece<'_>, found: &mut Vec<Detection>) {
+        let mut new = Vec::new();
         match p.kind {
             PieceKind::Stream => {
-                if let Some(s) = self.scanners.get_mut(p.key) {
-                    s.feed(p.text.as_bytes(), found);
-                } else if self.scanners.len() <= MAX_KEYS {
-                    let mut s = self.detector.scanner(self.ctx.clone());
-                    s.feed(p.text.as_bytes(), found);
-                    self.scanners.insert(p.key.to_owned(), s);
-                } else {
-                    found.extend(self.detector.scan(self.ctx.clone(), p.text.as_bytes()));
+                if !self.keys.contains_key(p.key) && self.keys.len() <= MAX_KEYS {
+                    let scanner = self.detector.scanner(self.ctx.clone());
+                    self.keys.insert(p.key.to_owned(), KeyText { scanner, tail: Vec::new(), grew: false });
+                }
+                match self.keys.get_mut(p.key) {
+                    Some(k) => {
+                        k.scanner.feed(p.text.as_bytes(), &mut new);
+                        k.tail.extend_from_slice(p.text.as_bytes());
+                        k.grew = true;
+                    }
+                    None => new = self.detector.scan(self.ctx.clone(), p.text.as_bytes()),
                 }
             }
-            PieceKind::Whole | PieceKind::Decoded => {
-                found.extend(self.detector.scan(self.ctx.clone(), p.text.as_bytes()));
-            }
+            PieceKind::Whole | PieceKind::Decoded => new = self.detector.scan(self.ctx.clone(), p.text.as_bytes()),
         }
+        self.report(new, found);
+    }
+
+    /// Scans the recent window of every logical text that grew since the last checkpoint. Call it after
+    /// each fed chunk.
+    pub fn checkpoint(&mut self, found: &mut Vec<Detection>) {
+        let mut new = Vec::new();
+        for k in self.keys.values_mut().filter(|k| k.grew) {
+            k.grew = false;
+            new.extend(self.detector.scan(self.ctx.clone(), &k.tail));
+            let cut = k.tail.len().saturating_sub(CHECK_WINDOW_BYTES);
+            k.tail.drain(..cut);
+        }
+        self.report(new, found);
     }
 
     /// Ends every logical text (what a scanner still holds is reported) and starts afresh.
     pub fn finish(&mut self, found: &mut Vec<Detection>) {
-        for (_, mut s) in std::mem::take(&mut self.scanners) {
-            s.finish(found);
+        self.checkpoint(found);
+        let mut new = Vec::new();
+        for (_, mut k) in std::mem::take(&mut self.keys) {
+            k.scanner.finish(&mut new);
         }
+        self.report(new, found);
     }
 
     /// Logical texts open.
     pub fn keys(&self) -> usize {
-        self.scanners.len()
+        self.keys.len()
+    }
+
+    /// Passes on the detections whose value was not reported yet.
+    fn report(&mut self, new: Vec<Detection>, found: &mut Vec<Detection>) {
+        for d in new {
+            let id = (d.pattern, d.fingerprint.clone());
+            if self.reported.contains(&id) {
+                continue;
+            }
+            if self.reported.len() < MAX_REPORTED {
+                self.reported.insert(id);
+            }
+            found.push(d);
+        }
     }
 }
 
@@ -101,6 +163,7 @@ impl StreamBody {
             Decoder::Sse(d) => d.feed(data, &mut on_piece),
             Decoder::Ndjson(d) => d.feed(data, &mut on_piece),
         }
+        pieces.checkpoint(found);
     }
 
     /// The body ended: the open event or line is handled, pending tool-call arguments are decoded, and

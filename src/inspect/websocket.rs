@@ -108,6 +108,7 @@ impl WsInspector {
         }
         let WsInspector { decoder, text, found, .. } = self;
         let result = decoder.feed(bytes, &mut |m| text.message(m, found));
+        text.pieces.checkpoint(found);
         match result {
             Ok(()) => self.stats.scanned += bytes.len() as u64,
             // Where in the chunk the error sat is not tracked; the whole chunk counts as unscanned.
