@@ -110,6 +110,7 @@ echo "case,reason" >"$RESULTS/skipped.csv"
 "$LOADGEN" header >"$RESULTS/hold.csv"
 echo "case,figure,concurrency,seconds,requests,req_per_s,p50_ms,p99_ms,non2xx,socket_errors" >"$RESULTS/wrk.csv"
 echo "proxy,idle_kib,peak_load_kib,held_conns,held_ok,held_rss_kib,peak_kib" >"$RESULTS/rss.csv"
+echo "case,figure,proxy_cpu_s,upstream_cpu_s" >"$RESULTS/cpu.csv"
 echo "$COMMAND_LINE" >"$RESULTS/command.txt"
 {
   echo "date_utc: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -150,8 +151,8 @@ chmod 755 "$TMP" # nginx workers may run as nobody
 # Ports: random high ports on 127.0.0.1, checked free (nothing answers a connect, not listed by ss).
 USED_PORTS=" "
 pick_port() { # pick_port VAR
-  local p i
-  for i in $(seq 1 500); do
+  local p
+  for _ in $(seq 1 500); do
     p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
     [[ $USED_PORTS == *" $p "* ]] && continue
     if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then continue; fi
@@ -163,8 +164,7 @@ pick_port() { # pick_port VAR
   die "no free port found"
 }
 wait_port() { # wait_port PORT PID NAME
-  local i
-  for i in $(seq 1 100); do
+  for _ in $(seq 1 100); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
     kill -0 "$2" 2>/dev/null || return 1
     sleep 0.1
@@ -250,8 +250,10 @@ log "starting nginx on 127.0.0.1:$HTTP_PORT (http) and 127.0.0.1:$HTTPS_PORT (ht
 taskset -c "$SERVE_CORE" nginx -e "$TMP/nginx/error.log" -p "$TMP/nginx" -c "$TMP/nginx.conf" &
 NGINX_PID=$!
 PIDS+=("$NGINX_PID")
-wait_port "$HTTP_PORT" "$NGINX_PID" && wait_port "$HTTPS_PORT" "$NGINX_PID" \
-  || die "nginx did not start: $(tail -5 "$TMP/nginx/error.log" 2>/dev/null)"
+if ! wait_port "$HTTP_PORT" "$NGINX_PID" || ! wait_port "$HTTPS_PORT" "$NGINX_PID"; then
+  die "nginx did not start: $(tail -5 "$TMP/nginx/error.log" 2>/dev/null)"
+fi
+NGINX_WORKERS=$(ps -o pid= --ppid "$NGINX_PID" 2>/dev/null | tr -d ' ' | tr '\n' ' ')
 
 # ----------------------------------------------------------------------------------------------------------
 # Proxies.
@@ -293,7 +295,7 @@ fi
 
 # start_guardian NAME INSPECT(true|false): temp home, scrubbed environment, wait for `listening on`.
 start_guardian() {
-  local name=$1 inspect=$2 home=$TMP/$1-home pid port i line
+  local name=$1 inspect=$2 home=$TMP/$1-home pid port line
   mkdir -p "$home" && chmod 700 "$home"
   local genv=(env -i "PATH=/usr/local/bin:/usr/bin:/bin" "HOME=$home" "PICOCLAW_TRAFFIC_GUARDIAN_HOME=$home")
   if [[ -n "$GUARDIAN_BUILD_ERR" ]]; then skip "$name" "$GUARDIAN_BUILD_ERR"; return 0; fi
@@ -313,7 +315,7 @@ start_guardian() {
   pid=$!
   PIDS+=("$pid")
   port=""
-  for i in $(seq 1 150); do
+  for _ in $(seq 1 150); do
     line=$(grep -m1 -o 'listening on http://127\.0\.0\.1:[0-9]*' "$home/stderr" 2>/dev/null || true)
     if [[ -n $line ]]; then port=${line##*:}; break; fi
     kill -0 "$pid" 2>/dev/null || break
@@ -360,10 +362,28 @@ figure_opts() { # figure_opts FIGURE -> path suffix is added to --target by meas
     post64k-c8) echo "/post --concurrency 8 --post-bytes 65536" ;;
   esac
 }
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+# User + system CPU ticks of a process (all its threads); 0 when there is none.
+cpu_ticks() { if [[ -n ${1:-} ]]; then awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; else echo 0; fi; }
+proxy_pid_of() { # proxy_pid_of CASE
+  case $1 in
+    tinyproxy-*) echo "${PROXY_PID[tinyproxy]:-}" ;;
+    guardian-http | guardian-connect) echo "${PROXY_PID[guardian]:-}" ;;
+    guardian-mitm) echo "${PROXY_PID[guardian-mitm]:-}" ;;
+  esac
+}
+upstream_ticks() {
+  local t=0 w
+  for w in $NGINX_WORKERS; do t=$((t + $(cpu_ticks "$w"))); done
+  echo "$t"
+}
 measure() { # measure CASE FIGURE
-  local r f path rest opts
+  local r f path rest opts ppid p0 p1 u0 u1
   r=$(route "$1")
   [[ -z $r ]] && return 0
+  ppid=$(proxy_pid_of "$1")
+  p0=$(cpu_ticks "$ppid")
+  u0=$(upstream_ticks)
   f=$(figure_opts "$2")
   path=${f%% *}
   rest=${f#* }
@@ -375,6 +395,10 @@ measure() { # measure CASE FIGURE
     log "load generator failed for $1 $2 (see errors.log)"
     return 0
   fi
+  p1=$(cpu_ticks "$ppid")
+  u1=$(upstream_ticks)
+  awk -v c="$1" -v f="$2" -v p=$((p1 - p0)) -v u=$((u1 - u0)) -v hz="$CLK_TCK" \
+    'BEGIN { printf "%s,%s,%.2f,%.2f\n", c, f, p / hz, u / hz }' >>"$RESULTS/cpu.csv"
   local row
   row=$(tail -1 "$RESULTS/raw.csv")
   awk -F, '{ printf "  %-18s %-11s ok=%-8s errors=%-5s req/s=%-10s MB/s=%-8s p50=%sms p99=%sms\n", $1, $2, $5, $6, $14, $15, $16, $17 }' <<<"$row" >&2
@@ -421,7 +445,7 @@ fi
 # Memory: idle, peak after the load figures, and with HOLD_CONNS idle keep-alive connections held open
 # (CONNECT + TLS tunnels for tinyproxy and the tunnelling guardian, intercepted TLS for the MITM guardian).
 hold_case() { # hold_case PROXY CASE
-  local p=$1 pid=${PROXY_PID[$1]} r opts ready=$TMP/ready-$1 hp i held="" peak row ok
+  local p=$1 pid=${PROXY_PID[$1]} r opts ready=$TMP/ready-$1 hp held="" peak row ok
   r=$(route "$2")
   [[ -z $r ]] && return 0
   opts=$(sed -E "s#(--target [^ ]+)#\\1/1k#" <<<"$r")
@@ -433,7 +457,7 @@ hold_case() { # hold_case PROXY CASE
     >>"$RESULTS/hold.csv" 2>>"$RESULTS/errors.log" &
   hp=$!
   PIDS+=("$hp")
-  for i in $(seq 1 300); do
+  for _ in $(seq 1 300); do
     [[ -f $ready ]] && break
     kill -0 "$hp" 2>/dev/null || break
     sleep 0.1

@@ -354,6 +354,8 @@ struct Stats {
     /// Latency of each checked-OK request completed inside the window, nanoseconds.
     lat: Vec<u64>,
     body_bytes: u64,
+    /// Checked-OK requests over the whole run, warm-up and tail included (for CPU per request).
+    all_ok: u64,
     err_connect: u64,
     err_io: u64,
     err_status: u64,
@@ -382,6 +384,7 @@ impl Stats {
     fn merge(&mut self, o: Stats) {
         self.lat.extend(o.lat);
         self.body_bytes += o.body_bytes;
+        self.all_ok += o.all_ok;
         self.err_connect += o.err_connect;
         self.err_io += o.err_io;
         self.err_status += o.err_status;
@@ -408,7 +411,7 @@ struct Row<'a> {
 }
 
 impl Row<'_> {
-    const HEADER: &'static str = "case,figure,concurrency,seconds,ok,errors,err_connect,err_io,err_status,err_body,err_timeout,connects,retries,req_per_s,mb_per_s,p50_ms,p99_ms,max_ms";
+    const HEADER: &'static str = "case,figure,concurrency,seconds,ok,errors,err_connect,err_io,err_status,err_body,err_timeout,connects,retries,req_per_s,mb_per_s,p50_ms,p99_ms,max_ms,all_ok";
 
     fn print(self) {
         let s = self.stats;
@@ -424,7 +427,7 @@ impl Row<'_> {
         let ok = s.lat.len() as u64;
         let w = if self.window > 0.0 { self.window } else { f64::NAN };
         println!(
-            "{},{},{},{:.2},{},{},{},{},{},{},{},{},{},{:.1},{:.1},{:.3},{:.3},{:.3}",
+            "{},{},{},{:.2},{},{},{},{},{},{},{},{},{},{:.1},{:.1},{:.3},{:.3},{:.3},{}",
             self.ctx.case,
             self.ctx.figure,
             self.ctx.concurrency,
@@ -443,6 +446,7 @@ impl Row<'_> {
             pct(50.0),
             pct(99.0),
             pct(100.0),
+            s.all_ok,
         );
         for m in &s.messages {
             eprintln!("{} {}: {m}", self.ctx.case, self.ctx.figure);
@@ -830,6 +834,7 @@ async fn load_run(ctx: Arc<Ctx>) -> (Stats, f64) {
                 let end = Instant::now();
                 match res {
                     Ok(Ok(bytes)) => {
+                        stats.all_ok += 1;
                         if start >= window_start && end <= deadline {
                             stats.lat.push((end - start).as_nanos() as u64);
                             stats.body_bytes += bytes + ctx.upload;

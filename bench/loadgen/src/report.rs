@@ -5,6 +5,7 @@
 //! - `wrk.csv`: `case,figure,concurrency,seconds,requests,req_per_s,p50_ms,p99_ms,non2xx,socket_errors`.
 //! - `rss.csv`: `proxy,idle_kib,peak_load_kib,held_conns,held_ok,held_rss_kib,peak_kib`.
 //! - `skipped.csv`: `case,reason`.
+//! - `cpu.csv`: `case,figure,proxy_cpu_s,upstream_cpu_s` (user + system time during the row's run).
 //!
 //! Output: Markdown on stdout, one table per figure with ratios to direct and to tinyproxy, the wrk
 //! cross-check, memory, and the targets with PASS / MISS / not measured.
@@ -117,6 +118,7 @@ pub fn report(dir: &Path) -> String {
     let wrk = Table::read(&dir.join("wrk.csv"));
     let rss = Table::read(&dir.join("rss.csv"));
     let skipped = Table::read(&dir.join("skipped.csv"));
+    let cpu = Table::read(&dir.join("cpu.csv"));
     let mut out = String::new();
     let skip_reason = |case: &str| -> Option<String> {
         let family = if case.starts_with("guardian-mitm") { "guardian-mitm" } else { case };
@@ -135,13 +137,13 @@ pub fn report(dir: &Path) -> String {
         let _ = writeln!(out, "### {figure}: {title}\n");
         let _ = writeln!(
             out,
-            "| case | req/s | MB/s | p50 ms | p99 ms | max ms | errors | vs direct | vs tinyproxy | p50 added ms |"
+            "| case | req/s | MB/s | p50 ms | p99 ms | max ms | errors | vs direct | vs tinyproxy | p50 added ms | proxy CPU µs/req | upstream CPU µs/req |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for (case, _) in CASES {
             let Some(row) = raw.find(&[("case", case), ("figure", figure)]) else {
                 let why = skip_reason(case).unwrap_or_else(|| "not run".into());
-                let _ = writeln!(out, "| {case} | SKIPPED: {why} | | | | | | | | |");
+                let _ = writeln!(out, "| {case} | SKIPPED: {why} | | | | | | | | | | |");
                 continue;
             };
             // The throughput that matters for the figure.
@@ -151,9 +153,15 @@ pub fn report(dir: &Path) -> String {
             let errors = num(row, "errors").unwrap_or(0.0);
             let mark = if errors > 0.0 { " **ERRORS**" } else { "" };
             let added = base_d.and_then(|b| Some(num(row, "p50_ms")? - num(b, "p50_ms")?));
+            let per_req = |key: &str| -> Option<f64> {
+                let c = cpu.find(&[("case", case), ("figure", figure)]).and_then(|r| num(r, key))?;
+                let n = num(row, "all_ok").filter(|n| *n > 0.0)?;
+                Some(c * 1e6 / n)
+            };
+            let proxy_cpu = if case.starts_with("direct") { None } else { per_req("proxy_cpu_s") };
             let _ = writeln!(
                 out,
-                "| {case}{mark} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {case}{mark} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 fmt_num(num(row, "req_per_s"), 0),
                 fmt_num(num(row, "mb_per_s"), 1),
                 fmt_num(num(row, "p50_ms"), 3),
@@ -163,6 +171,8 @@ pub fn report(dir: &Path) -> String {
                 fmt_ratio(ratio(num(row, key), base_d.and_then(|b| num(b, key)))),
                 fmt_ratio(ratio(num(row, key), base_t.and_then(|b| num(b, key)))),
                 fmt_num(added, 3),
+                fmt_num(proxy_cpu, 1),
+                fmt_num(per_req("upstream_cpu_s"), 1),
             );
         }
         let _ = writeln!(out);
