@@ -14,6 +14,7 @@
 #   GUARDIAN_BIN=path       guardian binary to run (default: target/release/picoclaw-traffic-guardian)
 #   BENCH_RESULTS=dir       where to write the results (default: bench/results/<date>-<hostname>)
 #   BENCH_LOAD_CORE=0 BENCH_SERVE_CORE=1   taskset cores: load generator / upstream + proxy
+#   BENCH_NOTE="..."        a line for the lab notes (e.g. which guardian build this is)
 set -euo pipefail
 
 S=${BENCH_SECONDS:-10}
@@ -29,7 +30,10 @@ LOADGEN=$BENCH/loadgen/target/release/bench-loadgen
 GUARDIAN_BIN_GIVEN=${GUARDIAN_BIN:+1}
 GUARDIAN_BIN=${GUARDIAN_BIN:-$REPO/target/release/picoclaw-traffic-guardian}
 STARTED=$(date -u +%s)
-COMMAND_LINE="BENCH_SECONDS=$S BENCH_HOLD_SECONDS=$HOLD_SECONDS BENCH_HOLD_CONNS=$HOLD_CONNS BENCH_CASES=\"$CASES\" bash bench/run.sh"
+COMMAND_LINE="BENCH_SECONDS=$S BENCH_HOLD_SECONDS=$HOLD_SECONDS BENCH_HOLD_CONNS=$HOLD_CONNS BENCH_CASES=\"$CASES\""
+[[ -n "$GUARDIAN_BIN_GIVEN" ]] && COMMAND_LINE+=" GUARDIAN_BIN=$GUARDIAN_BIN"
+[[ -n "${BENCH_NO_BUILD:-}" ]] && COMMAND_LINE+=" BENCH_NO_BUILD=$BENCH_NO_BUILD"
+COMMAND_LINE+=" bash bench/run.sh"
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -111,7 +115,10 @@ echo "case,reason" >"$RESULTS/skipped.csv"
 echo "case,figure,concurrency,seconds,requests,req_per_s,p50_ms,p99_ms,non2xx,socket_errors" >"$RESULTS/wrk.csv"
 echo "proxy,idle_kib,peak_load_kib,held_conns,held_ok,held_rss_kib,peak_kib" >"$RESULTS/rss.csv"
 echo "case,figure,proxy_cpu_s,upstream_cpu_s" >"$RESULTS/cpu.csv"
-echo "$COMMAND_LINE" >"$RESULTS/command.txt"
+{
+  echo "$COMMAND_LINE"
+  if [[ -n "${BENCH_NOTE:-}" ]]; then echo "BENCH_NOTE=$BENCH_NOTE"; fi
+} >"$RESULTS/command.txt"
 {
   echo "date_utc: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "host: $(hostname)"
@@ -504,6 +511,10 @@ echo "duration_s: $(($(date -u +%s) - STARTED))" >>"$RESULTS/machine.txt"
   echo
   echo "Command: \`$COMMAND_LINE\`"
   echo
+  if [[ -n "${BENCH_NOTE:-}" ]]; then
+    echo "Note: $BENCH_NOTE"
+    echo
+  fi
   echo '```'
   cat "$RESULTS/machine.txt"
   cat "$RESULTS/versions.txt"
