@@ -15,6 +15,10 @@
 #   BENCH_RESULTS=dir       where to write the results (default: bench/results/<date>-<hostname>)
 #   BENCH_LOAD_CORE=0 BENCH_SERVE_CORE=1   taskset cores: load generator / upstream + proxy
 #   BENCH_NOTE="..."        a line for the lab notes (e.g. which guardian build this is)
+#   BENCH_RT=1              as root, run everything measured SCHED_RR (chrt -r 10), ahead of other work:
+#                           without it, other processes' time slices decide the figures (see README);
+#                           the kernel's RT throttling still leaves them 5% for the few minutes of the run
+#   BENCH_RT=0 BENCH_NICE=-10   no real-time: ordinary scheduling at this niceness (root only)
 set -euo pipefail
 
 S=${BENCH_SECONDS:-10}
@@ -24,13 +28,17 @@ ALL_CASES="direct-http direct-https tinyproxy-http tinyproxy-connect guardian-ht
 CASES=${BENCH_CASES:-$ALL_CASES}
 LOAD_CORE=${BENCH_LOAD_CORE:-0}
 SERVE_CORE=${BENCH_SERVE_CORE:-1}
+NICE=${BENCH_NICE:--10}
+RT=${BENCH_RT:-1}
+[[ $RT == 0 ]] && RT=""
+if [[ $(id -u) != 0 ]]; then NICE=0 RT=""; fi
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$REPO/bench
 LOADGEN=$BENCH/loadgen/target/release/bench-loadgen
 GUARDIAN_BIN_GIVEN=${GUARDIAN_BIN:+1}
 GUARDIAN_BIN=${GUARDIAN_BIN:-$REPO/target/release/picoclaw-traffic-guardian}
 STARTED=$(date -u +%s)
-COMMAND_LINE="BENCH_SECONDS=$S BENCH_HOLD_SECONDS=$HOLD_SECONDS BENCH_HOLD_CONNS=$HOLD_CONNS BENCH_CASES=\"$CASES\""
+COMMAND_LINE="BENCH_SECONDS=$S BENCH_HOLD_SECONDS=$HOLD_SECONDS BENCH_HOLD_CONNS=$HOLD_CONNS BENCH_RT=${RT:-0} BENCH_NICE=$NICE BENCH_CASES=\"$CASES\""
 [[ -n "$GUARDIAN_BIN_GIVEN" ]] && COMMAND_LINE+=" GUARDIAN_BIN=$GUARDIAN_BIN"
 [[ -n "${BENCH_NO_BUILD:-}" ]] && COMMAND_LINE+=" BENCH_NO_BUILD=$BENCH_NO_BUILD"
 COMMAND_LINE+=" bash bench/run.sh"
@@ -126,7 +134,7 @@ echo "case,figure,proxy_cpu_s,upstream_cpu_s" >"$RESULTS/cpu.csv"
   echo "cpu: $(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)"
   echo "cores: $(nproc)"
   echo "memory: $(awk '/^MemTotal/{print $2" kB"}' /proc/meminfo)"
-  echo "pinning: load generator on core $LOAD_CORE; upstream (nginx) and proxy on core $SERVE_CORE"
+  echo "pinning: load generator on core $LOAD_CORE; upstream (nginx) and proxy on core $SERVE_CORE; ${RT:+SCHED_RR priority 10}${RT:-niceness $NICE}"
   echo "uptime_before: $(uptime)"
   echo "busiest_processes_before (top, one sample):"
   top -bn1 -w 100 2>/dev/null | sed -n '8,12p' | awk '{print "  " $9 "% " $12}' || true
@@ -150,6 +158,11 @@ if (($(nproc) < 2)); then
   SERVE_CORE=0
 fi
 ulimit -n 65536 2>/dev/null || ulimit -n 8192 2>/dev/null || true
+# Everything measured runs through these: pinned, and (as root) ahead of other work on the machine.
+PRIO=(nice -n "$NICE")
+[[ -n $RT ]] && PRIO=(chrt -r 10)
+ON_LOAD=("${PRIO[@]}" taskset -c "$LOAD_CORE")
+ON_SERVE=("${PRIO[@]}" taskset -c "$SERVE_CORE")
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/picoclaw-bench.XXXXXX")
 chmod 755 "$TMP" # nginx workers may run as nobody
@@ -254,7 +267,7 @@ http {
 }
 EOF
 log "starting nginx on 127.0.0.1:$HTTP_PORT (http) and 127.0.0.1:$HTTPS_PORT (https), core $SERVE_CORE"
-taskset -c "$SERVE_CORE" nginx -e "$TMP/nginx/error.log" -p "$TMP/nginx" -c "$TMP/nginx.conf" &
+"${ON_SERVE[@]}" nginx -e "$TMP/nginx/error.log" -p "$TMP/nginx" -c "$TMP/nginx.conf" &
 NGINX_PID=$!
 PIDS+=("$NGINX_PID")
 if ! wait_port "$HTTP_PORT" "$NGINX_PID" || ! wait_port "$HTTPS_PORT" "$NGINX_PID"; then
@@ -289,7 +302,7 @@ LogFile "$TMP/tinyproxy.log"
 LogLevel Warning
 EOF
   log "starting tinyproxy on 127.0.0.1:$TP_PORT, core $SERVE_CORE"
-  taskset -c "$SERVE_CORE" tinyproxy -d -c "$TMP/tinyproxy.conf" >"$TMP/tinyproxy.out" 2>&1 &
+  "${ON_SERVE[@]}" tinyproxy -d -c "$TMP/tinyproxy.conf" >"$TMP/tinyproxy.out" 2>&1 &
   pid=$!
   PIDS+=("$pid")
   if wait_port "$TP_PORT" "$pid"; then
@@ -318,7 +331,7 @@ start_guardian() {
     printf '{"listen":"127.0.0.1:0","proxy_auth":false}\n' >"$home/config.json"
   fi
   chmod 600 "$home/config.json"
-  "${genv[@]}" taskset -c "$SERVE_CORE" "$GUARDIAN_BIN" start >"$home/stdout" 2>"$home/stderr" &
+  "${genv[@]}" "${ON_SERVE[@]}" "$GUARDIAN_BIN" start >"$home/stdout" 2>"$home/stderr" &
   pid=$!
   PIDS+=("$pid")
   port=""
@@ -397,7 +410,7 @@ measure() { # measure CASE FIGURE
   # The path goes onto the URL that follows --target.
   opts=$(sed -E "s#(--target [^ ]+)#\\1$path#" <<<"$r")
   # shellcheck disable=SC2086 # word splitting of the option strings is intended (no spaces in paths)
-  if ! taskset -c "$LOAD_CORE" "$LOADGEN" load --case "$1" --figure "$2" --seconds "$S" $opts $rest \
+  if ! "${ON_LOAD[@]}" "$LOADGEN" load --case "$1" --figure "$2" --seconds "$S" $opts $rest \
     >>"$RESULTS/raw.csv" 2>>"$RESULTS/errors.log"; then
     log "load generator failed for $1 $2 (see errors.log)"
     return 0
@@ -430,7 +443,7 @@ wrk_case() { # wrk_case CASE PROXY_PORT|""
   if [[ -n $2 ]]; then url=http://127.0.0.1:$2/; else url=http://127.0.0.1:$HTTP_PORT/1k; fi
   out=$(WRK_URL="http://127.0.0.1:$HTTP_PORT/1k" WRK_PROXY=$([[ -n $2 ]] && echo 1 || echo 0) \
     WRK_HOST="127.0.0.1:$HTTP_PORT" WRK_EXPECT_LEN=1024 \
-    taskset -c "$LOAD_CORE" wrk -t1 -c32 -d"${WRK_SECONDS}s" -s "$BENCH/wrk-check.lua" "$url" 2>&1) || true
+    "${ON_LOAD[@]}" wrk -t1 -c32 -d"${WRK_SECONDS}s" -s "$BENCH/wrk-check.lua" "$url" 2>&1) || true
   local line
   line=$(grep '^WRK,' <<<"$out" | tail -1)
   if [[ -z $line ]]; then
@@ -459,7 +472,7 @@ hold_case() { # hold_case PROXY CASE
   rm -f "$ready"
   log "holding $HOLD_CONNS idle connections through $p for ${HOLD_SECONDS}s"
   # shellcheck disable=SC2086
-  taskset -c "$LOAD_CORE" "$LOADGEN" hold --case "$2" --figure "hold$HOLD_CONNS" --concurrency "$HOLD_CONNS" \
+  "${ON_LOAD[@]}" "$LOADGEN" hold --case "$2" --figure "hold$HOLD_CONNS" --concurrency "$HOLD_CONNS" \
     --seconds "$HOLD_SECONDS" --ready-file "$ready" --expect-file "$WWW/1k" $opts \
     >>"$RESULTS/hold.csv" 2>>"$RESULTS/errors.log" &
   hp=$!

@@ -411,7 +411,7 @@ struct Row<'a> {
 }
 
 impl Row<'_> {
-    const HEADER: &'static str = "case,figure,concurrency,seconds,ok,errors,err_connect,err_io,err_status,err_body,err_timeout,connects,retries,req_per_s,mb_per_s,p50_ms,p99_ms,max_ms,all_ok";
+    const HEADER: &'static str = "case,figure,concurrency,seconds,ok,errors,err_connect,err_io,err_status,err_body,err_timeout,connects,retries,req_per_s,mb_per_s,p50_ms,p99_ms,max_ms,all_ok,client_cpu_s";
 
     fn print(self) {
         let s = self.stats;
@@ -427,7 +427,7 @@ impl Row<'_> {
         let ok = s.lat.len() as u64;
         let w = if self.window > 0.0 { self.window } else { f64::NAN };
         println!(
-            "{},{},{},{:.2},{},{},{},{},{},{},{},{},{},{:.1},{:.1},{:.3},{:.3},{:.3},{}",
+            "{},{},{},{:.2},{},{},{},{},{},{},{},{},{},{:.1},{:.1},{:.3},{:.3},{:.3},{},{}",
             self.ctx.case,
             self.ctx.figure,
             self.ctx.concurrency,
@@ -447,11 +447,22 @@ impl Row<'_> {
             pct(99.0),
             pct(100.0),
             s.all_ok,
+            client_cpu_s().map(|c| format!("{c:.2}")).unwrap_or_default(),
         );
         for m in &s.messages {
             eprintln!("{} {}: {m}", self.ctx.case, self.ctx.figure);
         }
     }
+}
+
+/// User + system CPU seconds of this process so far (`/proc/self/stat`, USER_HZ = 100).
+fn client_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the `(comm)`, which may hold spaces: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -137,13 +137,13 @@ pub fn report(dir: &Path) -> String {
         let _ = writeln!(out, "### {figure}: {title}\n");
         let _ = writeln!(
             out,
-            "| case | req/s | MB/s | p50 ms | p99 ms | max ms | errors | vs direct | vs tinyproxy | p50 added ms | proxy CPU µs/req | upstream CPU µs/req |"
+            "| case | req/s | MB/s | p50 ms | p99 ms | errors | vs direct | vs tinyproxy | p50 added ms | CPU µs/req proxy / upstream / client |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for (case, _) in CASES {
             let Some(row) = raw.find(&[("case", case), ("figure", figure)]) else {
                 let why = skip_reason(case).unwrap_or_else(|| "not run".into());
-                let _ = writeln!(out, "| {case} | SKIPPED: {why} | | | | | | | | | | |");
+                let _ = writeln!(out, "| {case} | SKIPPED: {why} | | | | | | | | |");
                 continue;
             };
             // The throughput that matters for the figure.
@@ -153,26 +153,27 @@ pub fn report(dir: &Path) -> String {
             let errors = num(row, "errors").unwrap_or(0.0);
             let mark = if errors > 0.0 { " **ERRORS**" } else { "" };
             let added = base_d.and_then(|b| Some(num(row, "p50_ms")? - num(b, "p50_ms")?));
+            let n = num(row, "all_ok").filter(|n| *n > 0.0);
             let per_req = |key: &str| -> Option<f64> {
                 let c = cpu.find(&[("case", case), ("figure", figure)]).and_then(|r| num(r, key))?;
-                let n = num(row, "all_ok").filter(|n| *n > 0.0)?;
-                Some(c * 1e6 / n)
+                Some(c * 1e6 / n?)
             };
+            let client_cpu = num(row, "client_cpu_s").and_then(|c| Some(c * 1e6 / n?));
             let proxy_cpu = if case.starts_with("direct") { None } else { per_req("proxy_cpu_s") };
             let _ = writeln!(
                 out,
-                "| {case}{mark} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {case}{mark} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} |",
                 fmt_num(num(row, "req_per_s"), 0),
                 fmt_num(num(row, "mb_per_s"), 1),
                 fmt_num(num(row, "p50_ms"), 3),
                 fmt_num(num(row, "p99_ms"), 3),
-                fmt_num(num(row, "max_ms"), 2),
                 fmt_num(Some(errors), 0),
                 fmt_ratio(ratio(num(row, key), base_d.and_then(|b| num(b, key)))),
                 fmt_ratio(ratio(num(row, key), base_t.and_then(|b| num(b, key)))),
                 fmt_num(added, 3),
-                fmt_num(proxy_cpu, 1),
-                fmt_num(per_req("upstream_cpu_s"), 1),
+                fmt_num(proxy_cpu, 0),
+                fmt_num(per_req("upstream_cpu_s"), 0),
+                fmt_num(client_cpu, 0),
             );
         }
         let _ = writeln!(out);
