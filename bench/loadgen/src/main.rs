@@ -939,3 +939,87 @@ async fn hold_run(ctx: Arc<Ctx>) -> (Stats, f64) {
     }
     (total, ctx.seconds)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn_over(bytes: &'static [u8]) -> Conn {
+        let (client, mut server) = tokio::io::duplex(64);
+        tokio::spawn(async move {
+            // Small writes: framing must survive any split.
+            for chunk in bytes.chunks(7) {
+                if server.write_all(chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Conn { io: Box::new(client), buf: vec![0u8; BUF].into_boxed_slice(), start: 0, end: 0, used: true }
+    }
+
+    #[test]
+    fn json_doc_has_the_exact_length_and_is_deterministic() {
+        for n in [64, 1024, 65536] {
+            let d = json_doc(n, 1);
+            assert_eq!(d.len(), n);
+            assert_eq!(d, json_doc(n, 1));
+            assert!(d.iter().all(|b| b.is_ascii() && *b != b'\\'));
+        }
+    }
+
+    #[tokio::test]
+    async fn content_length_chunked_and_close_delimited_bodies_are_checked() {
+        let want = Expect::Bytes(b"hello world".to_vec());
+        let mut c = conn_over(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world");
+        assert!(matches!(c.exchange(b"", &want).await, Ok((11, false))));
+
+        let mut c = conn_over(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nT: 1\r\n\r\n",
+        );
+        assert!(matches!(c.exchange(b"", &want).await, Ok((11, false))));
+
+        let mut c = conn_over(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello world");
+        assert!(matches!(c.exchange(b"", &want).await, Ok((11, true))));
+    }
+
+    #[tokio::test]
+    async fn wrong_bodies_statuses_and_stale_connections_are_errors() {
+        let want = Expect::Bytes(b"hello world".to_vec());
+        let mut c = conn_over(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello World");
+        assert!(matches!(c.exchange(b"", &want).await, Err(Fail::Body(_))));
+
+        let mut c = conn_over(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+        assert!(matches!(c.exchange(b"", &want).await, Err(Fail::Body(_))));
+
+        let mut c = conn_over(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 11\r\n\r\nhello world");
+        assert!(matches!(c.exchange(b"", &want).await, Err(Fail::Status(502))));
+
+        let mut c = conn_over(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello");
+        assert!(matches!(c.exchange(b"", &want).await, Err(Fail::Io(_))));
+
+        // A reused connection closed before any byte: retried by the caller, not a body error.
+        let mut c = conn_over(b"");
+        assert!(matches!(c.exchange(b"", &want).await, Err(Fail::Stale)));
+    }
+
+    #[tokio::test]
+    async fn the_post_digest_is_compared() {
+        let body = json_doc(1000, 2);
+        let good = hex::encode(Sha256::digest(&body));
+        let want = Expect::Sha256Hex(good.clone());
+        let resp: &'static [u8] =
+            Box::leak(format!("HTTP/1.1 200 OK\r\nContent-Length: 64\r\n\r\n{good}").into_bytes().into_boxed_slice());
+        let mut c = conn_over(resp);
+        assert!(c.exchange(b"", &want).await.is_ok());
+        let mut c = conn_over(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        assert!(matches!(c.exchange(b"", &want).await, Err(Fail::Body(_))));
+    }
+
+    #[test]
+    fn only_loopback_targets() {
+        assert!(Target::parse("http://127.0.0.1:8080/1k").is_ok());
+        assert!(Target::parse("https://[::1]:8443/").is_ok());
+        assert!(Target::parse("http://10.0.0.1:80/").is_err());
+        assert!(loopback_addr("192.168.1.1:3128").is_err());
+    }
+}
