@@ -6,7 +6,7 @@
 //! byte after it (for `\b`) are inside the window; and each rule resumes where its previous match ended
 //! (`LaneState::next`), which is where a whole-buffer `find_iter` would resume too.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use regex::bytes::{Regex, RegexBuilder};
 
 use super::known::{carrier_matches, KnownSet};
@@ -130,22 +130,30 @@ impl Engine {
         for rule in EXFIL.iter().chain(INJECTION) {
             compiled.push(compile(rule)?);
         }
-        let mut keywords: Vec<&'static str> = Vec::new();
-        let mut kw_rules: Vec<Vec<usize>> = Vec::new();
+        // A keyword that contains another is dropped and its rules hang on the shorter one (which occurs
+        // wherever the longer does). With no keyword inside another, a leftmost search resumed one byte
+        // after each hit sees every keyword occurrence, which an overlapping search would also see, but
+        // with the automaton's prefilter.
+        let mut all: Vec<&'static str> = compiled.iter().flat_map(|c| c.rule.keywords.iter().copied()).collect();
+        all.sort_unstable();
+        all.dedup();
+        let keywords: Vec<&'static str> =
+            all.iter().copied().filter(|k| !all.iter().any(|o| o != k && k.contains(o))).collect();
+        let mut kw_rules: Vec<Vec<usize>> = vec![Vec::new(); keywords.len()];
         for (i, c) in compiled.iter().enumerate() {
             for k in c.rule.keywords {
-                match keywords.iter().position(|x| x == k) {
-                    Some(p) => kw_rules[p].push(i),
-                    None => {
-                        keywords.push(k);
-                        kw_rules.push(vec![i]);
+                for (p, kept) in keywords.iter().enumerate() {
+                    if k.contains(kept) && !kw_rules[p].contains(&i) {
+                        kw_rules[p].push(i);
                     }
                 }
             }
         }
         let kw = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
+            .match_kind(MatchKind::LeftmostFirst)
+            // A few dozen short keywords: the full DFA is small and the fastest to search.
+            .kind(Some(AhoCorasickKind::DFA))
             .build(&keywords)
             .map_err(|e| DetectError(format!("keywords: {e}")))?;
         let max_len = compiled.iter().map(|c| c.max_len).chain([known.max_len]).max().unwrap_or(0);
@@ -180,16 +188,16 @@ impl Engine {
             }
         }
         let mut seen_active = 0usize;
-        for m in self.kw.find_overlapping_iter(w.bytes) {
+        let mut at = 0;
+        while seen_active < wanted && at < w.bytes.len() {
+            let Some(m) = self.kw.find(aho_corasick::Input::new(w.bytes).span(at..w.bytes.len())) else { break };
             for &r in &self.kw_rules[m.pattern().as_usize()] {
                 if !active[r] {
                     active[r] = true;
                     seen_active += 1;
                 }
             }
-            if seen_active == wanted {
-                break;
-            }
+            at = m.start() + 1;
         }
         for (i, c) in self.rules.iter().enumerate() {
             if direction_of(c.rule.threat) != ctx.direction {

@@ -240,8 +240,20 @@ pub(crate) const MAX_BASE64_RUN: usize = 16 * 1024;
 
 /// Characters of the standard and URL-safe base64 alphabets.
 pub(crate) fn is_b64(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_')
+    B64_CHARS[usize::from(b)]
 }
+
+/// Lookup table behind [`is_b64`]: this test runs on every byte of a run.
+static B64_CHARS: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'-' || b == b'_';
+        i += 1;
+    }
+    t
+};
 
 const B64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,

@@ -371,8 +371,10 @@ pub(crate) const EXFIL: &[Rule] = &[
         id: "dotenv_secret", // `NAME=value` lines whose name says secret, as in .env files and `env` output
         threat: Exfil,
         severity: High,
-        keywords: &["key", "token", "secret", "passw", "pwd", "credential"],
-        regex: r#"(?-u)(?m)^[ \t]{0,8}(?:export[ \t]{1,4})?[A-Z][A-Z0-9_]{0,40}(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD|PWD|CREDENTIALS?)[A-Z0-9_]{0,20}[ \t]{0,4}=[ \t]{0,4}["']?(?P<v>[^\s"'#]{8,200})"#,
+        // The name must end in the secret word and `=` must follow at once (as .env files write it), so
+        // the keywords can include the `=`: bare "key" or "token" would wake this rule on every chat.
+        keywords: &["key=", "token=", "secret=", "password=", "passwd=", "pwd=", "credential=", "credentials="],
+        regex: r#"(?-u)(?m)^[ \t]{0,8}(?:export[ \t]{1,4})?[A-Z0-9_]{0,40}(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD|PWD|CREDENTIALS?)=["']?(?P<v>[^\s"'#]{8,200})"#,
         secret: true,
         check: Secret(2.5),
         provider: None,

@@ -146,35 +146,49 @@ impl Scanner {
     }
 
     /// Follows base64 runs through the normalised bytes `win[from..]`, decoding each closed run.
+    ///
+    /// Only runs of at least `MIN_BASE64_RUN` characters matter, and any such run starting in
+    /// `[i, i + MIN)` covers byte `i + MIN - 1`; so when that byte is not base64 the search jumps `MIN`
+    /// bytes ahead. Ordinary text (short words) is skimmed, not walked.
     fn track_runs(&mut self, from: usize, last: bool) {
         let len = self.win.len();
         let mut i = from;
-        while i < len {
-            if self.run.is_none() {
-                match self.win[i..].iter().position(|b| is_b64(*b)) {
-                    None => break,
-                    Some(k) => i += k,
-                }
-                let end = self.win[i..].iter().position(|b| !is_b64(*b)).map_or(len, |k| i + k);
-                if end < len {
-                    // The whole run is in this piece: no copy needed.
-                    if end - i >= MIN_BASE64_RUN {
-                        self.decode_segments(self.base + i as u64, i, end);
-                    }
-                    i = end;
-                    continue;
-                }
-                self.run = Some((self.base + i as u64, Vec::new()));
-            }
+        // First extend a run left open by the previous piece.
+        if let Some((_, buf)) = &mut self.run {
             let end = self.win[i..].iter().position(|b| !is_b64(*b)).map_or(len, |k| i + k);
-            if let Some((_, buf)) = &mut self.run {
-                buf.extend_from_slice(&self.win[i..end]);
-            }
+            buf.extend_from_slice(&self.win[i..end]);
             self.cut_full_segments();
             i = end;
             if end < len {
                 self.close_run();
             }
+        }
+        // Invariant from here on: no run is open, and the byte before `i` (if any) is not base64.
+        while self.run.is_none() && i < len {
+            let probe = i + MIN_BASE64_RUN - 1;
+            if probe >= len {
+                // Fewer than MIN bytes left: only a run reaching the end can still grow long enough.
+                let start = self.win[i..].iter().rposition(|b| !is_b64(*b)).map_or(i, |k| i + k + 1);
+                if start < len {
+                    self.run = Some((self.base + start as u64, self.win[start..].to_vec()));
+                }
+                break;
+            }
+            if !is_b64(self.win[probe]) {
+                i = probe + 1;
+                continue;
+            }
+            let start = self.win[i..probe].iter().rposition(|b| !is_b64(*b)).map_or(i, |k| i + k + 1);
+            let end = self.win[probe..].iter().position(|b| !is_b64(*b)).map_or(len, |k| probe + k);
+            if end == len {
+                self.run = Some((self.base + start as u64, self.win[start..].to_vec()));
+                self.cut_full_segments();
+                break;
+            }
+            if end - start >= MIN_BASE64_RUN {
+                self.decode_segments(self.base + start as u64, start, end);
+            }
+            i = end + 1;
         }
         if last {
             self.close_run();
