@@ -15,6 +15,29 @@
 //! assert_eq!(found[0].pattern, "aws_access_key");
 //! assert!(!found[0].snippet.contains("AKIAZ7QW3ERTY5UIOPLK"));
 //! ```
+//!
+//! ## The flow inside a scanner
+//! raw chunk → JSON/percent unescape (one streaming pass) → normalised window → keyword prefilter
+//! (Aho-Corasick) → the regexes of the rules whose keyword is in the window → validators (entropy, example
+//! values, provider host + credential header, known secrets win) → redacted [`Detection`]. In parallel,
+//! base64 runs of the normalised stream are decoded once and go through the same rules. Detections are
+//! released in stream order and each (pattern, value) once per scanner, so the output does not depend on
+//! how the input was chunked. EXFIL rules and known secrets run on outbound text, INJECTION rules on
+//! inbound text.
+//!
+//! ## Evasions and where they are handled
+//! | evasion | handled in | test (in `tests.rs`) |
+//! |---|---|---|
+//! | secret or command split across chunks | `scanner`: overlap of the longest rule match | `run_all` (every split), `chunking_never_changes_the_result` |
+//! | JSON string escapes (`\n`, `\"`, `\/`, `\uXXXX`, surrogates) | `normalize::Unescaper` | `json_escapes_are_undone` |
+//! | percent-encoding | `normalize::Unescaper` | `percent_encoding_is_undone` |
+//! | base64 (one level) | `scanner::track_runs` + `normalize::decode_run` | `base64_runs_are_decoded_and_the_same_value_is_one_detection` |
+//! | known secret as hex, base64 at any alignment, percent | `known::KnownSet` | `known_secrets_in_every_encoding` |
+//! | invalid UTF-8, binary | matching is on bytes (`(?-u)`) | `invalid_utf8_and_binary_are_fine`, `arbitrary_bytes_never_panic` |
+//! | gzip/br, chunked transfer, SSE, WebSocket frames | not here: the inspector hands over decoded text | |
+//!
+//! Limits: a base64 run is decoded in pieces of [`MAX_BASE64_RUN`] characters (a secret straddling two
+//! pieces of one huge run is missed); base64 inside base64 and escapes inside base64 are not decoded again.
 
 pub mod egress;
 
@@ -34,6 +57,7 @@ use engine::Engine;
 use known::KnownSet;
 
 pub use known::{KNOWN_SECRET_MAX_LEN, KNOWN_SECRET_MIN_LEN};
+pub use normalize::{MAX_BASE64_RUN, MIN_BASE64_RUN};
 pub use redact::{CONTEXT_MAX, MATCH_SHOWN_MAX, SNIPPET_MAX};
 pub use rules::MAX_RULE_LEN;
 pub use scanner::Scanner;
@@ -179,7 +203,8 @@ pub struct Detection {
     pub fingerprint: String,
     /// Where in the message.
     pub location: Location,
-    /// How the text was decoded before it matched (`base64`, `percent`, `json`), if at all.
+    /// How the text was decoded before it matched (`base64`, `percent`, `json`; `hex` for a known secret),
+    /// if at all.
     pub decoded: Option<&'static str>,
 }
 
@@ -230,9 +255,10 @@ impl std::error::Error for DetectError {}
 
 /// The compiled rules and known secrets. Build once; clones share the compiled state.
 ///
-/// Cost (measured, see `docs/PERFORMANCE.md`): building compiles about 40 regexes and two automata
-/// (a few milliseconds); a [`Scanner`] holds a window of about 34 KiB plus the open base64 run (at most
-/// 16 KiB).
+/// Cost: building compiles about 40 regexes and three automata, so do it once (at startup or reload) and
+/// clone. A [`Scanner`] holds, by construction, a window of at most 32 KiB plus the longest rule match
+/// (about 1.4 KiB), plus an open base64 run of at most [`MAX_BASE64_RUN`] bytes. Scan throughput is in
+/// `docs/PERFORMANCE.md` (about 300 MiB/s of ordinary chat JSON on one loaded core).
 #[derive(Debug, Clone)]
 pub struct Detector {
     inner: Arc<Inner>,
@@ -287,6 +313,37 @@ pub fn redact(text: &str) -> String {
         // Fail closed: the built-in rules always compile (a test proves it), but never show text unredacted.
         None => "[REDACTED]".to_owned(),
     }
+}
+
+/// One rule as seen from outside: what it reports and how badly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RuleInfo {
+    /// Pattern id as it appears in [`Detection::pattern`].
+    pub id: &'static str,
+    /// Threat type.
+    pub threat_type: ThreatType,
+    /// Severity.
+    pub severity: Severity,
+    /// The direction whose text it is matched against.
+    pub direction: Direction,
+}
+
+/// Every pattern id the detector can report (`known_secret` included), once each, in table order.
+pub fn rule_table() -> Vec<RuleInfo> {
+    let mut out: Vec<RuleInfo> = Vec::new();
+    for r in rules::EXFIL.iter().chain(rules::INJECTION) {
+        if !out.iter().any(|o| o.id == r.id) {
+            let direction = if r.threat == ThreatType::Injection { Direction::Inbound } else { Direction::Outbound };
+            out.push(RuleInfo { id: r.id, threat_type: r.threat, severity: r.severity, direction });
+        }
+    }
+    out.push(RuleInfo {
+        id: "known_secret",
+        threat_type: ThreatType::Exfil,
+        severity: Severity::Critical,
+        direction: Direction::Outbound,
+    });
+    out
 }
 
 /// First 8 hex digits of the sha256 of `value`: names a secret without revealing it.

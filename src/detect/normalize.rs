@@ -233,10 +233,10 @@ fn decode_escape(s: &[u8]) -> Step {
 }
 
 /// Shortest base64 run that is decoded (24 characters = 18 bytes; shorter runs are words and ids).
-pub(crate) const MIN_BASE64_RUN: usize = 24;
+pub const MIN_BASE64_RUN: usize = 24;
 /// Longest stretch decoded as one unit; a longer run is cut into pieces of this size (a multiple of 4, so
 /// the pieces stay aligned). Bounds the memory a scanner holds for a large base64 image.
-pub(crate) const MAX_BASE64_RUN: usize = 16 * 1024;
+pub const MAX_BASE64_RUN: usize = 16 * 1024;
 
 /// Characters of the standard and URL-safe base64 alphabets.
 pub(crate) fn is_b64(b: u8) -> bool {

@@ -741,3 +741,25 @@ proptest! {
         check_arbitrary(&det, &bytes, split);
     }
 }
+
+#[test]
+fn rule_table_lists_every_id_once() {
+    let table = rule_table();
+    for id in ["ai_api_key", "aws_access_key", "private_key_pem", "ssh_key_file", "unix_sensitive", "dotenv_file"] {
+        assert!(table.iter().any(|r| r.id == id && r.direction == Direction::Outbound), "{id}");
+    }
+    for id in ["pipe_to_shell", "shell_exec", "reverse_shell", "destructive_rm", "ssh_key_inject"] {
+        assert!(table.iter().any(|r| r.id == id && r.threat_type == ThreatType::Injection), "{id}");
+    }
+    let mut ids: Vec<_> = table.iter().map(|r| r.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), table.len());
+}
+
+#[test]
+fn clones_share_the_compiled_state() {
+    let a = detector();
+    let b = a.clone();
+    assert!(std::sync::Arc::ptr_eq(&a.inner, &b.inner));
+}
