@@ -380,6 +380,13 @@ impl Engine {
                 other => *other,
             })
             .collect();
-        self.redactor.redact(&String::from_utf8_lossy(&printable))
+        let mut snippet = self.redactor.redact(&String::from_utf8_lossy(&printable));
+        // Labels are longer than what they replace; a context dense with tiny secrets (URL queries)
+        // could grow far. Cutting only removes text, so it can never reveal anything.
+        if let Some((cut, _)) = snippet.char_indices().nth(redact::SNIPPET_HARD_MAX) {
+            snippet.truncate(cut);
+            snippet.push('…');
+        }
+        snippet
     }
 }

@@ -58,7 +58,7 @@ use known::KnownSet;
 
 pub use known::{KNOWN_SECRET_MAX_LEN, KNOWN_SECRET_MIN_LEN};
 pub use normalize::{MAX_BASE64_RUN, MIN_BASE64_RUN};
-pub use redact::{CONTEXT_MAX, MATCH_SHOWN_MAX, SNIPPET_MAX};
+pub use redact::{CONTEXT_MAX, MATCH_SHOWN_MAX, SNIPPET_HARD_MAX, SNIPPET_MAX};
 pub use rules::MAX_RULE_LEN;
 pub use scanner::Scanner;
 

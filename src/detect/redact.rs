@@ -16,6 +16,8 @@ use super::{fingerprint, DetectError};
 
 /// A snippet holds about this many characters of text (labels excluded).
 pub const SNIPPET_MAX: usize = 120;
+/// A snippet never exceeds this many characters, redaction labels included (then it ends in `…`).
+pub const SNIPPET_HARD_MAX: usize = 3 * SNIPPET_MAX;
 /// At most this many characters of context on each side of a match.
 pub const CONTEXT_MAX: usize = 40;
 /// A longer non-secret match (an injected command) is cut after this many bytes.

@@ -698,7 +698,7 @@ pub(crate) fn check_arbitrary(det: &Detector, bytes: &[u8], split: usize) {
         assert_eq!(chunked(det, &ctx, bytes, &cuts), whole);
         assert!(whole.len() <= bytes.len() / 4 + 1);
         for d in &whole {
-            assert!(d.snippet.chars().count() <= SNIPPET_MAX + 200, "{}", d.snippet);
+            assert!(d.snippet.chars().count() <= SNIPPET_HARD_MAX + 1, "{}", d.snippet);
             assert_eq!(d.fingerprint.len(), 8);
         }
     }
@@ -762,4 +762,13 @@ fn clones_share_the_compiled_state() {
     let a = detector();
     let b = a.clone();
     assert!(std::sync::Arc::ptr_eq(&a.inner, &b.inner));
+}
+
+#[test]
+fn snippets_stay_short_even_when_dense_with_secrets() {
+    let det = detector();
+    let text = format!("{} rm -rf / {}", "/a?b ".repeat(30), "/c?d ".repeat(30));
+    let found = run_all(&det, &in_ctx(), text.as_bytes());
+    assert_eq!(patterns(&found), ["destructive_rm"]);
+    assert!(found[0].snippet.chars().count() <= SNIPPET_HARD_MAX + 1, "{}", found[0].snippet);
 }
