@@ -2,7 +2,8 @@
 //!
 //! Every secret any rule knows (and every known secret, in each of its encodings) becomes
 //! `[REDACTED:<pattern>:<first 8 hex of its sha256>]`; so do URL userinfo and query strings, whole PEM
-//! private key blocks, and base64 runs whose decoded bytes hold a secret. Spans are collected from all
+//! private key blocks, base64 runs whose decoded bytes hold a secret, and any long token that looks
+//! random (`high_entropy`). Spans are collected from all
 //! passes over the original text, merged, and replaced in one go, so overlapping secrets never leave a
 //! piece behind.
 
@@ -12,6 +13,7 @@ use regex::bytes::Regex;
 use super::engine::Compiled;
 use super::known::KnownSet;
 use super::normalize::{decode_run, is_b64, MIN_BASE64_RUN};
+use super::rules::entropy;
 use super::{fingerprint, DetectError};
 
 /// A snippet holds about this many characters of text (labels excluded).
@@ -23,11 +25,17 @@ pub const CONTEXT_MAX: usize = 40;
 /// A longer non-secret match (an injected command) is cut after this many bytes.
 pub const MATCH_SHOWN_MAX: usize = 100;
 
-/// Bytes that end a token: a context cut is moved to one of these so no partial token is shown.
+/// Bytes that end a token: a context cut is moved to one of these so no partial token is shown. Only
+/// bytes that no rule's value can contain qualify (a `,` or `;` may sit inside a password).
 pub(crate) fn is_separator(b: u8) -> bool {
-    b.is_ascii_whitespace()
-        || matches!(b, b'"' | b'\'' | b',' | b'<' | b'>' | b'(' | b')' | b'{' | b'}' | b'[' | b']' | b';' | b'`')
+    b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b'#')
 }
+
+/// Shortest token redacted for looking random alone (a safety net for secrets no rule knows, such as a
+/// line of a PEM body shown next to another finding).
+const HIGH_ENTROPY_MIN: usize = 32;
+/// Bits per character above which such a token counts as random (hex digests stay below 4).
+const HIGH_ENTROPY_BITS: f64 = 4.2;
 
 struct SecretRule {
     id: &'static str,
@@ -122,9 +130,12 @@ impl Redactor {
                 continue;
             }
             let j = text[i..].iter().position(|b| !is_b64(*b)).map_or(text.len(), |k| i + k);
-            if j - i >= MIN_BASE64_RUN {
-                if let Some(id) = decode_run(&text[i..j]).and_then(|d| self.holds_secret(&d)) {
-                    out.push((i, j, label(id, &text[i..j])));
+            let run = &text[i..j];
+            if run.len() >= MIN_BASE64_RUN {
+                if let Some(id) = decode_run(run).and_then(|d| self.holds_secret(&d)) {
+                    out.push((i, j, label(id, run)));
+                } else if looks_random(run) {
+                    out.push((i, j, label("high_entropy", run)));
                 }
             }
             i = j;
@@ -176,6 +187,15 @@ impl Redactor {
         out.extend_from_slice(&bytes[pos.min(bytes.len())..]);
         String::from_utf8_lossy(&out).into_owned()
     }
+}
+
+/// A long token of mixed case and digits with high entropy.
+fn looks_random(run: &[u8]) -> bool {
+    run.len() >= HIGH_ENTROPY_MIN
+        && run.iter().any(u8::is_ascii_uppercase)
+        && run.iter().any(u8::is_ascii_lowercase)
+        && run.iter().any(u8::is_ascii_digit)
+        && entropy(run) >= HIGH_ENTROPY_BITS
 }
 
 fn label(id: &str, value: &[u8]) -> String {

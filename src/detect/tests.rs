@@ -642,6 +642,13 @@ fn redact_handles_urls_pem_and_plain_text() {
     assert!(r.starts_with("[REDACTED:private_key_pem:") && r.ends_with("\nafter"), "{r}");
     let r = redact("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU");
     assert!(!r.contains("b3BlbnNzaC1rZXktdjEAAAAABG5vbmU"), "{r}");
+    // A PEM body line on its own (its header outside the text) looks random: redacted too.
+    let line = tok(74, 64, B64CHARS);
+    let r = redact(&format!("tail of a key: {line}"));
+    assert!(r.starts_with("tail of a key: [REDACTED:high_entropy:") && !r.contains(&line[..12]), "{r}");
+    // Hex digests and UUIDs stay readable.
+    let plain = "sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 id 123e4567-e89b-12d3-a456-426614174000";
+    assert_eq!(redact(plain), plain);
 }
 
 #[test]
