@@ -1,0 +1,116 @@
+//! `run -- COMMAND [ARGS...]`: an embedded monitor private to one child process.
+//!
+//! The monitor (the same [`Monitor`] as `start`, on an ephemeral loopback port unless `--listen`) takes no
+//! run lock and writes no state: it belongs to its child, so it runs beside a shared `start` monitor and
+//! beside other `run`s, and `status`, `stop` and `env` do not see it. The child gets the proxy variables
+//! (and with HTTPS inspection the trust variables) in its own environment only; the guardian's environment
+//! is never changed. The child runs in its own process group, so a terminal's Ctrl-C reaches it exactly
+//! once: through the guardian, which forwards SIGINT, SIGTERM and SIGHUP (and reopens its findings log on
+//! SIGHUP). When the child exits, the monitor drains, flushes and stops; the exit code is the child's, or
+//! 128 + the signal number when a signal killed it.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::ExitStatus;
+
+use rustix::process::{kill_process, Pid};
+
+use super::env::child_vars;
+use super::run::{Monitor, Options, Sig, Signals};
+use crate::config::Config;
+
+/// Exit code when COMMAND cannot be found (as shells do).
+pub const EXIT_NOT_FOUND: u8 = 127;
+/// Exit code when COMMAND exists but cannot be started (as shells do).
+pub const EXIT_CANNOT_EXECUTE: u8 = 126;
+
+/// Runs `command` under a private monitor. `ca_bundle` is the trust bundle when inspecting HTTPS (already
+/// checked to exist), `ca_fingerprint` the CA's, for the banner. Returns the exit code.
+pub fn run(cfg: &Config, opts: Options, command: &[OsString], ca_bundle: Option<&Path>) -> io::Result<u8> {
+    let Some((program, args)) = command.split_first() else {
+        eprintln!(
+            "picoclaw-traffic-guardian run: give the command to monitor after `--`, e.g. `run -- picoclaw gateway`"
+        );
+        return Ok(2);
+    };
+    let name = Path::new(program).file_name().unwrap_or(program).to_string_lossy().into_owned();
+    let fingerprint = opts.ca_fingerprint.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut signals = Signals::new()?;
+        let mut monitor = match Monitor::start(cfg, Options { shared: false, ..opts }).await {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("picoclaw-traffic-guardian: {e}");
+                return Ok(1);
+            }
+        };
+        // Before the child starts, so its own output follows the banner.
+        let ca = fingerprint.map(|f| format!("; CA sha256 {f}")).unwrap_or_default();
+        eprintln!(
+            "picoclaw-traffic-guardian: monitoring `{name}` through {} ({}); findings: {}{ca}",
+            monitor.public_url(),
+            monitor.secrets_summary(),
+            monitor.findings_file().display()
+        );
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args).envs(child_vars(&monitor.client_url(), ca_bundle)).process_group(0);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("picoclaw-traffic-guardian run: cannot start {}: {e}", program.to_string_lossy());
+                monitor.stop(std::future::ready(())).await;
+                return Ok(if e.kind() == io::ErrorKind::NotFound { EXIT_NOT_FOUND } else { EXIT_CANNOT_EXECUTE });
+            }
+        };
+        let pid = child.id().and_then(|id| i32::try_from(id).ok()).and_then(Pid::from_raw);
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                sig = signals.next() => {
+                    if sig == Sig::Hup {
+                        monitor.reopen_logs();
+                    }
+                    if let Some(pid) = pid {
+                        // The child may just have exited; its status arrives on the next turn.
+                        let _ = kill_process(pid, sig.raw());
+                    }
+                }
+                () = monitor.next_update() => {}
+            }
+        };
+        // The child is gone; a signal now only cuts the drain short (findings are flushed either way).
+        monitor.stop(signals.next_stop()).await;
+        match status {
+            Ok(s) => Ok(exit_code(s)),
+            Err(e) => {
+                eprintln!("picoclaw-traffic-guardian run: lost track of {name}: {e}");
+                Ok(1)
+            }
+        }
+    })
+}
+
+/// The child's exit code, or 128 + the signal that killed it.
+pub fn exit_code(status: ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code & 0xff).unwrap_or(1),
+        (None, Some(sig)) => u8::try_from(128 + sig).unwrap_or(255),
+        (None, None) => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_shell_convention() {
+        assert_eq!(exit_code(ExitStatus::from_raw(0)), 0);
+        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(exit_code(ExitStatus::from_raw(9)), 137);
+        assert_eq!(exit_code(ExitStatus::from_raw(15)), 143);
+    }
+}
