@@ -9,6 +9,7 @@ mod doctor;
 mod lifecycle;
 mod packaging;
 mod proxy;
+mod run;
 mod scan;
 mod start;
 mod threats;
