@@ -60,7 +60,12 @@ pub fn run(cfg: &Config, opts: Options, command: &[OsString], ca_bundle: Option<
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("picoclaw-traffic-guardian run: cannot start {}: {e}", program.to_string_lossy());
+                let hint = if e.kind() == io::ErrorKind::NotFound {
+                    " (is it installed and on PATH? Without Picoclaw, `picoclaw-traffic-guardian start` runs the guardian alone)"
+                } else {
+                    ""
+                };
+                eprintln!("picoclaw-traffic-guardian run: cannot start {}: {e}{hint}", program.to_string_lossy());
                 monitor.stop(std::future::ready(())).await;
                 return Ok(if e.kind() == io::ErrorKind::NotFound { EXIT_NOT_FOUND } else { EXIT_CANNOT_EXECUTE });
             }
