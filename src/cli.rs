@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::config::{self, Config, Flags, Loaded};
 use crate::detect::{Detector, DetectorOptions, Direction, Severity, ThreatType};
 use crate::findings::reader;
-use crate::home::{EnvVars, Home};
+use crate::home::{self, EnvVars, Home};
 use crate::{monitor, scan};
 
 /// Exit code: success.
@@ -87,6 +87,11 @@ enum Command {
     /// Writes nothing but the findings to stdout (no log, no state). Exit 0, 3 when a finding is at or
     /// above --fail-on, 2 for bad usage. Offline findings carry `"source": "offline"`.
     Scan(ScanArgs),
+    /// Write the posture fragment for picoclaw-security-guardian (byte-stable while the posture is).
+    ///
+    /// Stdout is one compact JSON line {"canonical_sha256","message","output"}; without --json a human
+    /// summary also goes to stderr. Exit 0 written, 1 when it could not be written.
+    Profile(ProfileArgs),
     /// Report which of Picoclaw's outbound clients the guardian will see, and what to fix.
     Doctor {
         #[command(flatten)]
@@ -95,6 +100,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage the guardian CA for HTTPS inspection (trusted per process, never installed system-wide).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+/// `profile` options.
+#[derive(Debug, Args)]
+struct ProfileArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Where to write (default: $PICOCLAW_TRAFFIC_GUARDIAN_PROFILE_OUTPUT, else profile_output).
+    #[arg(long, value_name = "PATH")]
+    output: Option<PathBuf>,
+    /// Use this time as generated_at (RFC 3339) instead of the time the posture last changed.
+    #[arg(long, value_name = "RFC3339")]
+    generated_at: Option<String>,
+    /// Print only the JSON line (no human summary on stderr).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `run`.
@@ -175,6 +201,37 @@ pub struct ScanArgs {
 enum DirectionArg {
     Outbound,
     Inbound,
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Make the guardian CA (ECDSA P-256) under <home>/ca; prints its SHA-256 fingerprint.
+    Init {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Replace an existing CA (processes trusting the old one need the new bundle).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write the trust bundle (system roots + guardian CA) handed to the monitored process.
+    Bundle {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Show the CA: paths, fingerprint, validity, and whether the bundle holds it.
+    Show {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print how to add the CA to the system trust store by hand (needs --system; runs nothing).
+    TrustInstructions {
+        /// Confirm that you want the system-wide instructions.
+        #[arg(long)]
+        system: bool,
+    },
 }
 
 /// Flags that override configuration keys (flag > environment > file > default).
@@ -267,6 +324,7 @@ pub fn run(cli: Cli, env: &EnvVars, out: &mut dyn Write) -> io::Result<u8> {
             threats(env, &args, color, out)
         }
         Command::Scan(args) => scan(&args, out),
+        Command::Profile(args) => profile(env, &args, out),
         Command::Doctor { config, json } => doctor(env, &config.to_flags(), json, out),
         Command::Start { config, background, detached } => start(env, &config, background, detached, out),
         Command::Stop => stop(env, out),
@@ -281,6 +339,57 @@ pub fn run(cli: Cli, env: &EnvVars, out: &mut dyn Write) -> io::Result<u8> {
             env_vars(env, &config.to_flags(), shell, out)
         }
         Command::Run(args) => run_command(env, args),
+        Command::Ca { command } => run_ca(command, env, out, &mut io::stderr().lock()),
+    }
+}
+
+fn run_ca(command: CaCommand, env: &EnvVars, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<u8> {
+    use crate::proxy::tls::cmd;
+    match command {
+        CaCommand::Init { config, force } => cmd::init(env, &config.to_flags(), force, out, err),
+        CaCommand::Bundle { config } => cmd::bundle(env, &config.to_flags(), out, err),
+        CaCommand::Show { config, json } => cmd::show(env, &config.to_flags(), json, out, err),
+        CaCommand::TrustInstructions { system } => cmd::trust_instructions(env, system, out, err),
+    }
+}
+
+/// `profile`: gather the posture, write the fragment atomically, print the digest line.
+fn profile(env: &EnvVars, args: &ProfileArgs, out: &mut dyn Write) -> io::Result<u8> {
+    use crate::picoclaw::profile as p;
+    let cfg = match load_config(env, &args.config.to_flags()) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let generated_at = match args.generated_at.as_deref().map(p::parse_generated_at).transpose() {
+        Ok(g) => g,
+        Err(msg) => {
+            eprintln!("picoclaw-traffic-guardian: {msg}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    let output = args.output.clone().unwrap_or_else(|| cfg.profile_output.clone());
+    let written = (|| {
+        if output.starts_with(cfg.home.root()) {
+            home::ensure_private_dir(output.parent().unwrap_or(cfg.home.root())).map_err(io::Error::other)?;
+        }
+        let posture = p::Posture::gather(&cfg, crate::proxy::tls::ca::stored_fingerprint(&cfg.home))?;
+        let state = cfg.home.root().join(p::STATE_FILE);
+        p::export(&posture, &output, generated_at.as_deref(), &state, time::OffsetDateTime::now_utc())
+    })();
+    match written {
+        Ok(e) => {
+            let message = if e.changed { "profile written" } else { "profile unchanged" };
+            let line = json!({"canonical_sha256": e.canonical_sha256, "message": message, "output": e.output.display().to_string()});
+            writeln!(out, "{line}")?;
+            if !args.json {
+                eprintln!("{message}: {} (sha256 of the canonical JSON {})", e.output.display(), e.canonical_sha256);
+            }
+            Ok(EXIT_OK)
+        }
+        Err(e) => {
+            eprintln!("picoclaw-traffic-guardian: cannot write the profile to {}: {e}", output.display());
+            Ok(EXIT_FAILURE)
+        }
     }
 }
 
@@ -426,7 +535,7 @@ pub fn scan(args: &ScanArgs, out: &mut dyn Write) -> io::Result<u8> {
         Err(e) => return usage(format!("{name}: {e}")),
     };
     for f in &findings {
-        writeln!(out, "{}", scan::finding_json(f, &scan::timestamp_now()))?;
+        writeln!(out, "{}", scan::finding_json(f, time::OffsetDateTime::now_utc()))?;
     }
     out.flush()?;
     let failed = args.fail_on.is_some_and(|t| scan::any_at_or_above(&findings, t));
@@ -478,7 +587,8 @@ pub fn start(
         );
     }
     let daemon_log = detached.then(|| monitor::background::guardian_log(&cfg.home));
-    let opts = monitor::run::Options { shared: true, ca_fingerprint: None, daemon_log, config_warnings };
+    let ca_fingerprint = cfg.https_inspection.then(|| crate::proxy::tls::ca::stored_fingerprint(&cfg.home)).flatten();
+    let opts = monitor::run::Options { shared: true, ca_fingerprint, daemon_log, config_warnings };
     monitor::run::serve_foreground(&cfg, opts)
 }
 
@@ -560,23 +670,21 @@ fn run_command(env: &EnvVars, mut args: RunArgs) -> io::Result<u8> {
         Ok(x) => x,
         Err(code) => return Ok(code),
     };
-    let ca_bundle = if cfg.https_inspection {
-        if !cfg.ca_bundle.is_file() {
-            eprintln!(
-                "picoclaw-traffic-guardian run: --https-inspection needs the trust bundle {}, which does not exist; run `picoclaw-traffic-guardian ca init` and `picoclaw-traffic-guardian ca bundle` first",
-                cfg.ca_bundle.display()
-            );
-            return Ok(EXIT_USAGE);
+    let (ca_bundle, ca_fingerprint) = if cfg.https_inspection {
+        match monitor::child::prepare_trust(&cfg, &mut io::stderr().lock())? {
+            Ok((bundle, fingerprint)) => (Some(bundle), Some(fingerprint)),
+            Err(code) => return Ok(code),
         }
+    } else {
+        (None, None)
+    };
+    init_tracing();
+    if cfg.https_inspection {
         eprintln!(
             "picoclaw-traffic-guardian: https_inspection is not available in this build; HTTPS is tunnelled blind"
         );
-        Some(cfg.ca_bundle.clone())
-    } else {
-        None
-    };
-    init_tracing();
-    let opts = monitor::run::Options { shared: false, ca_fingerprint: None, daemon_log: None, config_warnings };
+    }
+    let opts = monitor::run::Options { shared: false, ca_fingerprint, daemon_log: None, config_warnings };
     monitor::child::run(&cfg, opts, &args.command, ca_bundle.as_deref())
 }
 

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Variable that names the state home directly.
@@ -209,6 +210,38 @@ pub fn ensure_private_dir(path: &Path) -> Result<(), HomeError> {
     check_private_dir(path)
 }
 
+/// Writes `bytes` to `path` with mode 0600 through a fresh temp file in the same directory, fsync and a
+/// rename, so a reader sees the old or the new content, never half of it. Refuses to replace a symlink
+/// (someone could point it at a file we would then overwrite).
+pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is a symlink; refusing to write through it", path.display()),
+        ));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let mut suffix = [0u8; 6];
+    getrandom::fill(&mut suffix).map_err(|e| io::Error::other(e.to_string()))?;
+    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), hex::encode(suffix)));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        // Make the rename itself durable.
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +331,18 @@ mod tests {
             PathBuf::from("/")
         };
         assert!(matches!(check_private_dir(&theirs), Err(HomeError::WrongOwner { .. })));
+    }
+
+    #[test]
+    fn atomic_write_refuses_symlinks_and_sets_0600() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("t");
+        write_private_atomic(&target, b"one").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"one");
+        assert_eq!(fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o600);
+        let link = tmp.path().join("l");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(write_private_atomic(&link, b"two").is_err());
+        assert_eq!(fs::read(&target).unwrap(), b"one");
     }
 }

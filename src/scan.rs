@@ -21,9 +21,10 @@ use std::io::{self, Read};
 use base64::Engine;
 use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::detect::{Destination, Detection, Detector, Direction, Severity};
+use crate::findings;
 use crate::inspect::chunked::ChunkedDecoder;
 use crate::inspect::{MessageInspector, StartLine};
 
@@ -93,37 +94,18 @@ pub fn parse_dest(text: &str) -> Result<Destination, String> {
     Ok(Destination::new(host, port))
 }
 
-/// The finding record of CONTRACT §4 for an offline finding, plus `location`, `fingerprint`, `decoded`.
-/// `source` is [`OFFLINE_SOURCE`]: there is no client.
-pub fn finding_json(f: &Finding, timestamp: &str) -> Value {
-    let d = &f.detection;
-    let mut v = json!({
-        "schema_version": "clawsec-traffic-finding/v1",
-        "platform": "picoclaw",
-        "direction": match f.direction { Direction::Outbound => "outbound", Direction::Inbound => "inbound" },
-        "protocol": f.protocol,
-        "threat_type": d.threat_type.as_str(),
-        "pattern": d.pattern,
-        "severity": d.severity.as_str(),
-        "source": OFFLINE_SOURCE,
-        "dest": f.dest.to_string(),
-        "snippet": d.snippet,
-        "timestamp": timestamp,
-        "location": d.location,
-        "fingerprint": d.fingerprint,
-    });
-    if let (Some(decoded), Some(map)) = (d.decoded, v.as_object_mut()) {
-        map.insert("decoded".into(), Value::from(decoded));
-    }
-    v
-}
-
-/// The current time as CONTRACT §4 writes it: RFC 3339, UTC, milliseconds, `Z`.
-pub fn timestamp_now() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let format =
-        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    now.format(&format).unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
+/// The finding record of CONTRACT §4 for an offline finding (the same record the proxy writes), stamped
+/// `now`. `source` is [`OFFLINE_SOURCE`]: there is no client.
+pub fn finding_json(f: &Finding, now: time::OffsetDateTime) -> Value {
+    let origin = findings::Origin {
+        direction: f.direction,
+        protocol: f.protocol,
+        source: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        dest: f.dest.clone(),
+    };
+    let mut record = findings::Finding::new(&f.detection, &origin, now);
+    record.source = OFFLINE_SOURCE.into();
+    serde_json::to_value(record).unwrap_or_default()
 }
 
 /// Whether any finding is at or above `threshold`.
@@ -494,6 +476,7 @@ pub fn scan_har(detector: &Detector, opts: &ScanOptions, input: &mut dyn Read) -
 mod tests {
     use super::*;
     use crate::detect::DetectorOptions;
+    use serde_json::json;
 
     const KEY: &str = "AKIAZ7QW3ERTY5UIOPLK";
 
@@ -541,7 +524,7 @@ mod tests {
             dest: Destination::new("a.example", 443),
             detection,
         };
-        let v = finding_json(&f, "2026-04-26T00:00:00.000Z");
+        let v = finding_json(&f, time::macros::datetime!(2026-04-26 00:00:00 UTC));
         for key in [
             "schema_version",
             "platform",
@@ -564,8 +547,7 @@ mod tests {
         assert_eq!(v["source"], OFFLINE_SOURCE);
         assert!(v.get("decoded").is_none());
         assert!(!v.to_string().contains(KEY));
-        let ts = timestamp_now();
-        assert_eq!((ts.len(), ts.ends_with('Z'), &ts[19..20]), (24, true, "."));
+        assert_eq!(v["timestamp"], "2026-04-26T00:00:00.000Z");
     }
 
     #[test]

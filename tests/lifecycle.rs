@@ -356,3 +356,19 @@ fn a_background_monitor_that_cannot_listen_shows_its_log_and_exits_1() {
     assert!(err.contains("exited") && err.contains(&format!("cannot listen on {addr}")), "{err}");
     assert!(!home.join("run/monitor.json").exists());
 }
+
+#[test]
+fn an_inspecting_monitor_records_its_ca_and_env_hands_out_the_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    assert_eq!(output(guardian(&home).args(["ca", "init"])).status.code(), Some(0));
+    let fingerprint = picoclaw_traffic_guardian::proxy::tls::ca::stored_fingerprint(&Home::at(&home)).unwrap();
+    let _bg = Background::start(&home, &["--https-inspection"]);
+    let (_, s) = status_json(&home);
+    assert_eq!((s.https_inspection, s.ca_fingerprint_sha256.as_deref()), (Some(true), Some(fingerprint.as_str())));
+    let o = output(guardian(&home).args(["env", "--shell", "json"]));
+    let vars: BTreeMap<String, String> = serde_json::from_slice(&o.stdout).unwrap();
+    let bundle = home.join("ca/trust-bundle.pem");
+    assert_eq!(vars.get("SSL_CERT_FILE").map(String::as_str), Some(bundle.to_str().unwrap()));
+    assert_eq!(vars.len(), 9);
+}

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 
+use picoclaw_traffic_guardian::home::Home;
 use picoclaw_traffic_guardian::proxy::Credential;
 use rustix::process::{kill_process, Pid, Signal};
 
@@ -148,23 +149,49 @@ fn traffic_from_the_child_is_inspected() {
 }
 
 #[test]
-fn https_inspection_needs_the_bundle_and_hands_it_to_the_child() {
+fn https_inspection_needs_a_ca_refreshes_the_bundle_and_hands_it_to_the_child() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
     let o = output(guardian(&home).args(["run", "--https-inspection", "--", "true"]));
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("ca init") && err.contains("ca bundle"), "{err}");
+    assert!(err.contains("ca init"), "{err}");
 
+    // The system roots come from the guardian's own SSL_CERT_FILE (rustls-native-certs honours it).
+    let root = rcgen::generate_simple_self_signed(vec!["root.test".to_owned()]).unwrap();
+    let roots = tmp.path().join("roots.pem");
+    std::fs::write(&roots, root.cert.pem()).unwrap();
     let bundle = home.join("ca/trust-bundle.pem");
-    std::fs::create_dir_all(bundle.parent().unwrap()).unwrap();
-    std::fs::write(&bundle, "-----BEGIN CERTIFICATE-----\n").unwrap();
-    let o = output(guardian(&home).args(["run", "--https-inspection", "--", "env"]));
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
-    let vars = env_map(&stdout(&o).lines().map(str::to_owned).collect::<Vec<_>>());
+    let run_env = |home: &Path| {
+        let o = output(guardian(home).env("SSL_CERT_FILE", &roots).args(["run", "--https-inspection", "--", "env"]));
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        (
+            env_map(&stdout(&o).lines().map(str::to_owned).collect::<Vec<_>>()),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let fingerprint =
+        |home: &Path| picoclaw_traffic_guardian::proxy::tls::ca::stored_fingerprint(&Home::at(home)).unwrap();
+
+    assert_eq!(output(guardian(&home).args(["ca", "init"])).status.code(), Some(0));
+    let (vars, err) = run_env(&home);
     for k in CA_VARS {
         assert_eq!(vars.get(k).map(String::as_str), Some(bundle.to_str().unwrap()), "{k}");
     }
+    assert!(err.contains("wrote the trust bundle") && err.contains("it did not exist"), "{err}");
+    assert!(err.contains(&format!("CA sha256 {}", fingerprint(&home))), "{err}");
+    let (_, err) = run_env(&home);
+    assert!(!err.contains("wrote the trust bundle"), "an up-to-date bundle is left alone: {err}");
+
+    // A new CA: the next run rewrites the bundle for it.
+    let old = fingerprint(&home);
+    assert_eq!(output(guardian(&home).args(["ca", "init", "--force"])).status.code(), Some(0));
+    assert_ne!(fingerprint(&home), old);
+    let (_, err) = run_env(&home);
+    assert!(err.contains("it did not hold the current CA"), "{err}");
+    assert!(err.contains(&format!("CA sha256 {}", fingerprint(&home))), "{err}");
+    let pem = std::fs::read_to_string(&bundle).unwrap();
+    assert!(pem.contains(root.cert.pem().trim()), "the system roots are in the bundle");
 }
 
 #[test]

@@ -10,16 +10,19 @@
 //! 128 + the signal number when a signal killed it.
 
 use std::ffi::OsString;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+
+use time::OffsetDateTime;
 
 use rustix::process::{kill_process, Pid};
 
 use super::env::child_vars;
 use super::run::{Monitor, Options, Sig, Signals};
 use crate::config::Config;
+use crate::proxy::tls::{ca, cmd, CaPaths, GuardianCa};
 
 /// Exit code when COMMAND cannot be found (as shells do).
 pub const EXIT_NOT_FOUND: u8 = 127;
@@ -96,6 +99,51 @@ pub fn run(cfg: &Config, opts: Options, command: &[OsString], ca_bundle: Option<
             }
         }
     })
+}
+
+/// The trust an inspecting `run` hands its child: the configured bundle, rewritten (system roots + the
+/// current CA, as `ca bundle` does) when it is missing or was made for another CA, and the CA's SHA-256
+/// fingerprint for the banner and the state. `Err` is the exit code after the reason went to `err`: 2 when
+/// there is no usable CA (`ca init` makes one), 1 when the bundle cannot be written.
+pub fn prepare_trust(cfg: &Config, err: &mut dyn Write) -> io::Result<Result<(PathBuf, String), u8>> {
+    let paths = CaPaths::of(&cfg.home);
+    let guardian_ca = match GuardianCa::load(&paths).and_then(|c| {
+        c.check_valid_at(OffsetDateTime::now_utc(), &paths.cert)?;
+        Ok(c)
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            writeln!(err, "picoclaw-traffic-guardian run: --https-inspection needs a usable guardian CA: {e}")?;
+            return Ok(Err(2));
+        }
+    };
+    let fingerprint = guardian_ca.fingerprint_sha256();
+    match ca::bundle_holds(&cfg.ca_bundle, guardian_ca.cert_der()) {
+        Ok(Some(true)) => {}
+        Ok(found) => {
+            // The bundle writer's own report is for `ca bundle`; here one line says what happened.
+            let mut report = Vec::new();
+            if cmd::write_bundle(cfg, &ca::load_system_roots(), &mut report, err)? != 0 {
+                writeln!(
+                    err,
+                    "picoclaw-traffic-guardian run: cannot write the trust bundle {}",
+                    cfg.ca_bundle.display()
+                )?;
+                return Ok(Err(1));
+            }
+            let why = if found.is_none() { "it did not exist" } else { "it did not hold the current CA" };
+            writeln!(err, "picoclaw-traffic-guardian: wrote the trust bundle {} ({why})", cfg.ca_bundle.display())?;
+        }
+        Err(e) => {
+            writeln!(
+                err,
+                "picoclaw-traffic-guardian run: cannot read the trust bundle {}: {e}",
+                cfg.ca_bundle.display()
+            )?;
+            return Ok(Err(1));
+        }
+    }
+    Ok(Ok((cfg.ca_bundle.clone(), fingerprint)))
 }
 
 /// The child's exit code, or 128 + the signal that killed it.

@@ -5,7 +5,7 @@
 //! belongs to an unrelated program. [`observe`] tells which; [`clean_stale`] removes the leftovers.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -13,7 +13,7 @@ use rustix::fs::{flock, FlockOperation};
 use rustix::process::{test_kill_process, Pid};
 use serde::{Deserialize, Serialize};
 
-use crate::home::{self, Home};
+use crate::home::{self, write_private_atomic, Home};
 
 /// The name our binary runs under; a recorded PID whose program does not carry it is someone else's.
 pub const PROGRAM_NAME: &str = "picoclaw-traffic-guardian";
@@ -300,30 +300,6 @@ fn pid_program(pid: u32) -> PidProgram {
     }
 }
 
-/// Writes `bytes` to `path` with mode 0600 through a temp file in the same directory and a rename, so a
-/// reader sees the old or the new content, never half of it. Refuses to replace a symlink.
-pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is a symlink; refusing to write through it", path.display()),
-        ));
-    }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,18 +406,5 @@ mod tests {
         home::ensure_private_dir(run.dir()).unwrap();
         fs::write(run.state_file(), b"{not json").unwrap();
         assert!(matches!(observe(&home), Observed::Stale(Stale { reason: StaleReason::Unreadable, .. })));
-    }
-
-    #[test]
-    fn atomic_write_refuses_symlinks_and_sets_0600() {
-        let tmp = tempfile::tempdir().unwrap();
-        let target = tmp.path().join("t");
-        write_private_atomic(&target, b"one").unwrap();
-        assert_eq!(fs::read(&target).unwrap(), b"one");
-        assert_eq!(fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o600);
-        let link = tmp.path().join("l");
-        std::os::unix::fs::symlink(&target, &link).unwrap();
-        assert!(write_private_atomic(&link, b"two").is_err());
-        assert_eq!(fs::read(&target).unwrap(), b"one");
     }
 }

@@ -19,8 +19,12 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::config::Config;
+use crate::findings::timestamp;
 use crate::home;
 use crate::monitor::state::{self, Observed};
+
+/// File in the home that remembers when the posture last changed (for a stable `generated_at`).
+pub const STATE_FILE: &str = "profile-state.json";
 
 /// Schema of the fragment.
 pub const SCHEMA: &str = "clawsec-traffic-posture/v1";
@@ -185,7 +189,7 @@ pub fn export(
     let bytes = render(&fragment);
     let changed = fs::read(output).map(|old| old != bytes.as_bytes()).unwrap_or(true);
     if changed {
-        state::write_private_atomic(output, bytes.as_bytes())
+        home::write_private_atomic(output, bytes.as_bytes())
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", output.display())))?;
     }
     Ok(Exported { output: output.to_path_buf(), canonical_sha256: canonical_sha256(&fragment), changed })
@@ -202,30 +206,19 @@ fn stable_timestamp(state_file: &Path, digest: &str, now: OffsetDateTime) -> io:
             }
         }
     }
-    let at = rfc3339_millis(now);
+    let at = timestamp(now);
     if let Some(dir) = state_file.parent() {
         home::ensure_private_dir(dir).map_err(|e| io::Error::other(e.to_string()))?;
     }
     let record = json!({"posture_sha256": digest, "generated_at": at});
-    state::write_private_atomic(state_file, record.to_string().as_bytes())?;
+    home::write_private_atomic(state_file, record.to_string().as_bytes())?;
     Ok(at)
-}
-
-/// UTC, RFC 3339 with milliseconds and `Z`.
-pub fn rfc3339_millis(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    let t = t.replace_nanosecond(t.millisecond() as u32 * 1_000_000).unwrap_or(t);
-    let mut s = t.format(&Rfc3339).unwrap_or_default();
-    if !s.contains('.') {
-        s = s.replacen('Z', ".000Z", 1);
-    }
-    s
 }
 
 /// Parses and normalises an operator-given RFC 3339 time.
 pub fn parse_generated_at(text: &str) -> Result<String, String> {
     OffsetDateTime::parse(text, &Rfc3339)
-        .map(rfc3339_millis)
+        .map(timestamp)
         .map_err(|e| format!("--generated-at {text:?} is not an RFC 3339 time like 2026-04-26T00:00:00.000Z: {e}"))
 }
 
@@ -251,9 +244,9 @@ mod tests {
 
     #[test]
     fn timestamps_have_millis_and_z() {
-        assert_eq!(rfc3339_millis(datetime!(2026-04-26 00:00:00 UTC)), "2026-04-26T00:00:00.000Z");
-        assert_eq!(rfc3339_millis(datetime!(2026-04-26 01:02:03.456789 UTC)), "2026-04-26T01:02:03.456Z");
-        assert_eq!(rfc3339_millis(datetime!(2026-04-26 02:00:00 +02:00)), "2026-04-26T00:00:00.000Z");
+        assert_eq!(timestamp(datetime!(2026-04-26 00:00:00 UTC)), "2026-04-26T00:00:00.000Z");
+        assert_eq!(timestamp(datetime!(2026-04-26 01:02:03.456789 UTC)), "2026-04-26T01:02:03.456Z");
+        assert_eq!(timestamp(datetime!(2026-04-26 02:00:00 +02:00)), "2026-04-26T00:00:00.000Z");
         assert_eq!(parse_generated_at("2026-04-26T00:00:00Z").unwrap(), "2026-04-26T00:00:00.000Z");
         assert!(parse_generated_at("yesterday").is_err());
     }

@@ -23,6 +23,7 @@ pub mod body;
 pub mod connect;
 pub mod error;
 pub mod forward;
+pub mod tls;
 pub mod upstream;
 
 use std::collections::BTreeMap;
