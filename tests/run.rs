@@ -221,6 +221,11 @@ fn env_prints_the_running_monitors_variables_for_each_shell() {
     assert_eq!(stdout(&sub), want);
     assert_eq!(stdout(&sh).lines().count(), 4);
 
+    // A `run` beside the shared monitor neither conflicts with it nor touches its state.
+    let o = output(guardian(&home).args(["run", "--", "true"]));
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(crate::util::monitor_state(&home).map(|s| s.pid), Some(bg.pid));
+
     let json = output(guardian(&home).args(["env", "--shell", "json"]));
     let map: BTreeMap<String, String> = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(
