@@ -37,6 +37,7 @@ struct Status {
     uptime_secs: Option<u64>,
     https_inspection: Option<bool>,
     ca_fingerprint_sha256: Option<String>,
+    ca_not_after: Option<String>,
     config_sha256: Option<String>,
     counters: Option<Counters>,
     known_secrets: Option<KnownSecrets>,
@@ -101,6 +102,7 @@ fn background_start_status_traffic_and_stop() {
     assert_eq!(s.pid, Some(bg.pid));
     assert_eq!(s.proxy_url.as_deref(), Some(format!("http://{}", bg.addr).as_str()));
     assert_eq!((s.mode.as_deref(), s.https_inspection, s.ca_fingerprint_sha256), (Some("detect"), Some(false), None));
+    assert_eq!(s.ca_not_after, None);
     assert_eq!(s.version.as_deref(), Some(env!("CARGO_PKG_VERSION")));
     assert!(s.started_at.is_some() && s.uptime_secs.is_some() && s.stale_reason.is_none());
     assert_eq!(s.config_sha256.as_deref().map(str::len), Some(64));
@@ -366,6 +368,14 @@ fn an_inspecting_monitor_records_its_ca_and_env_hands_out_the_bundle() {
     let _bg = Background::start(&home, &["--https-inspection"]);
     let (_, s) = status_json(&home);
     assert_eq!((s.https_inspection, s.ca_fingerprint_sha256.as_deref()), (Some(true), Some(fingerprint.as_str())));
+    assert!(s.ca_not_after.as_deref().is_some_and(|t| t.ends_with('Z')), "{:?}", s.ca_not_after);
+    assert!(!s.warnings.iter().any(|w| w.contains("CA changed") || w.contains("expired")), "{:?}", s.warnings);
+    let text = stdout(&output(guardian(&home).arg("status")));
+    assert!(text.contains(&format!("CA sha256 {fingerprint}, valid until")), "{text}");
+    // A new CA on disk is not the one in use: status says to restart.
+    assert_eq!(output(guardian(&home).args(["ca", "init", "--force"])).status.code(), Some(0));
+    let (_, s) = status_json(&home);
+    assert!(s.warnings.iter().any(|w| w.contains("CA changed")), "{:?}", s.warnings);
     let o = output(guardian(&home).args(["env", "--shell", "json"]));
     let vars: BTreeMap<String, String> = serde_json::from_slice(&o.stdout).unwrap();
     let bundle = home.join("ca/trust-bundle.pem");

@@ -19,6 +19,7 @@
 //! | `uptime_secs` | int\|null | seconds since `started_at` |
 //! | `https_inspection` | bool\|null | whether HTTPS is decrypted |
 //! | `ca_fingerprint_sha256` | string\|null | the CA in use, when inspecting |
+//! | `ca_not_after` | string\|null | end of that CA's validity (RFC 3339), when inspecting |
 //! | `config_sha256` | string\|null | sha256 of the monitor's canonical effective config |
 //! | `counters` | object\|null | [`CounterSnapshot`] from the live monitor; null when not running or it did not answer |
 //! | `known_secrets` | object\|null | `{"total", "by_source": {file: n}, "encrypted_skipped", "references_skipped"}`: counts, never values |
@@ -42,6 +43,8 @@ use super::state::{observe, MonitorState, Observed, RunDir};
 use crate::findings::reader;
 use crate::findings::CounterSnapshot;
 use crate::home::Home;
+use crate::proxy::tls::ca::rfc3339;
+use crate::proxy::tls::{CaPaths, GuardianCa};
 
 /// The `schema_version` of [`Status`].
 pub const SCHEMA_VERSION: &str = "picoclaw-traffic-guardian-status/v1";
@@ -75,6 +78,8 @@ pub struct Status {
     pub https_inspection: Option<bool>,
     /// CA fingerprint, when inspecting.
     pub ca_fingerprint_sha256: Option<String>,
+    /// End of the CA's validity, when inspecting.
+    pub ca_not_after: Option<String>,
     /// sha256 of the monitor's effective config.
     pub config_sha256: Option<String>,
     /// Counters since start, from the live monitor.
@@ -110,6 +115,7 @@ pub fn collect(home: &Home, log_dir: &Path, config_warnings: Vec<String>) -> Sta
         uptime_secs: None,
         https_inspection: None,
         ca_fingerprint_sha256: None,
+        ca_not_after: None,
         config_sha256: None,
         counters: None,
         known_secrets: None,
@@ -129,6 +135,9 @@ pub fn collect(home: &Home, log_dir: &Path, config_warnings: Vec<String>) -> Sta
             s.state = "running".into();
             s.message = format!("running (PID {}, {})", m.pid, m.proxy_url());
             fill_running(&mut s, &m);
+            if m.https_inspection {
+                check_ca(&mut s, home, m.ca_fingerprint_sha256.as_deref());
+            }
             match query(&RunDir::new(home).control_socket()) {
                 Ok(live) => {
                     s.counters = serde_json::from_value(live["counters"].clone()).ok();
@@ -167,6 +176,27 @@ fn fill_running(s: &mut Status, m: &MonitorState) {
     s.config_sha256 = Some(m.config_sha256.clone());
 }
 
+/// The validity of the CA the monitor uses, and a warning when the CA on disk is another one (the monitor
+/// must be restarted to use it) or has expired.
+fn check_ca(s: &mut Status, home: &Home, running: Option<&str>) {
+    let ca = match GuardianCa::load(&CaPaths::of(home)) {
+        Ok(ca) => ca,
+        Err(e) => return s.warnings.push(format!("HTTPS inspection: {e}")),
+    };
+    if running != Some(ca.fingerprint_sha256().as_str()) {
+        s.warnings.push(
+            "the guardian CA changed since the monitor started; restart it (`stop`, then `start`) to use the new one"
+                .into(),
+        );
+        return;
+    }
+    s.ca_not_after = Some(rfc3339(ca.not_after()));
+    if OffsetDateTime::now_utc() >= ca.not_after() {
+        s.warnings
+            .push("the guardian CA has expired: run `picoclaw-traffic-guardian ca init --force`, then restart".into());
+    }
+}
+
 fn query(socket: &Path) -> io::Result<Value> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(control::query_status(socket))
@@ -189,7 +219,11 @@ pub fn write_text(s: &Status, out: &mut dyn Write) -> io::Result<()> {
         writeln!(out, "uptime:     {} (since {})", human_duration(up), s.started_at.as_deref().unwrap_or("?"))?;
     }
     if let Some(https) = s.https_inspection {
-        let ca = s.ca_fingerprint_sha256.as_deref().map(|f| format!(" (CA sha256 {f})")).unwrap_or_default();
+        let ca = match (&s.ca_fingerprint_sha256, &s.ca_not_after) {
+            (Some(f), Some(until)) => format!(" (CA sha256 {f}, valid until {until})"),
+            (Some(f), None) => format!(" (CA sha256 {f})"),
+            _ => String::new(),
+        };
         writeln!(out, "https:      {}{ca}", if https { "inspected" } else { "tunnelled blind" })?;
     }
     if let Some(k) = &s.known_secrets {
