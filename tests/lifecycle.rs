@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -381,4 +381,30 @@ fn an_inspecting_monitor_records_its_ca_and_env_hands_out_the_bundle() {
     let bundle = home.join("ca/trust-bundle.pem");
     assert_eq!(vars.get("SSL_CERT_FILE").map(String::as_str), Some(bundle.to_str().unwrap()));
     assert_eq!(vars.len(), 9);
+}
+
+#[test]
+fn stop_escalates_to_sigkill_when_sigterm_is_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    // A stand-in monitor that ignores SIGTERM: `sleep` under our program name (so `observe` takes it for a
+    // guardian), started with SIGTERM ignored (an ignored signal stays ignored across exec).
+    let sleep = stdout(&output(Command::new("sh").args(["-c", "command -v sleep"])));
+    let fake = tmp.path().join("picoclaw-traffic-guardian-stuck");
+    std::fs::copy(sleep.trim(), &fake).unwrap();
+    let mut stuck =
+        Command::new("sh").arg("-c").arg(format!("trap '' TERM; exec '{}' 60", fake.display())).spawn().unwrap();
+    wait_for("the stand-in to exec", || {
+        std::fs::read_link(format!("/proc/{}/exe", stuck.id())).ok().filter(|p| p == &fake).map(|_| ())
+    });
+    let (lock, _) = state::acquire(&Home::at(&home)).unwrap();
+    lock.write_state(&fake_state(stuck.id())).unwrap();
+    assert_eq!(status_json(&home).1.state, "running");
+
+    let o = output(guardian(&home).arg("stop"));
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout(&o).contains("killed (it did not stop within 10 s of SIGTERM)"), "{}", stdout(&o));
+    let status = stuck.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
+    drop(lock);
 }
