@@ -37,7 +37,8 @@ enum Command {
     /// Run an embedded monitor around COMMAND: the proxy variables go into COMMAND's environment only.
     ///
     /// Exit code: COMMAND's (128+N when signal N killed it); 2 for bad usage or config, 127 when COMMAND
-    /// is not found, 1 when the monitor cannot start. SIGINT, SIGTERM and SIGHUP are forwarded to COMMAND.
+    /// is not found, 1 when the monitor cannot start. SIGTERM is forwarded to COMMAND, and SIGINT and SIGHUP
+    /// too unless COMMAND shares the guardian's terminal (the terminal sends those to both).
     Run(RunArgs),
     /// Run the shared monitor: in the foreground until SIGINT or SIGTERM (prints
     /// `listening on http://HOST:PORT (known secrets: N)` to stderr once it accepts connections), or with

@@ -351,3 +351,74 @@ fn a_known_secret_is_fine_to_its_api_base_and_a_finding_elsewhere() {
     assert_eq!(encoded_one["decoded"], "base64");
     assert!(!std::fs::read_to_string(home.join("logs/findings.jsonl")).unwrap().contains(key));
 }
+
+/// Kills a process when dropped (a hang guard for a test that fails).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn an_interactive_child_reads_the_terminal_and_gets_its_ctrl_c_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    // `script` gives the guardian a terminal (a pty) in the foreground, as a shell prompt would. The child
+    // shares that foreground group, so it may read the terminal (in a group of its own it would be stopped
+    // by SIGTTIN) and the terminal's Ctrl-C reaches it directly; the guardian then does not send a second.
+    let child = tmp.path().join("child.sh");
+    std::fs::write(&child, "n=0\ntrap 'n=$((n+1))' INT\nread x\necho got:$x\nread y\necho ints:$n\n").unwrap();
+    // `exec`: no shell between `script` and the guardian (a waiting sh would itself die of the Ctrl-C).
+    let line = format!("exec {} run -- sh {}", crate::util::bin().display(), child.display());
+    let mut script = KillOnDrop(
+        Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", tmp.path())
+            .env("PICOCLAW_TRAFFIC_GUARDIAN_HOME", &home)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("script (util-linux) runs the guardian on a pty"),
+    );
+    let mut input = script.0.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut out = BufReader::new(script.0.stdout.take().unwrap());
+    std::thread::spawn(move || loop {
+        let mut line = String::new();
+        match out.read_line(&mut line) {
+            Ok(n) if n > 0 => {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    });
+    let mut seen = String::new();
+    let mut wait_line = |want: &str| {
+        while !seen.contains(want) {
+            match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+                Ok(line) => seen.push_str(&line),
+                Err(_) => panic!("no {want:?} from the child on the terminal; saw {seen:?}"),
+            }
+        }
+        seen.clone()
+    };
+    wait_line("monitoring `sh`");
+    input.write_all(b"hello\n").unwrap();
+    wait_line("got:hello");
+    // Ctrl-C on the terminal: the line discipline signals the whole foreground group.
+    input.write_all(b"\x03").unwrap();
+    input.write_all(b"next\n").unwrap();
+    let seen = wait_line("ints:");
+    let seen = if seen.trim_end().ends_with("ints:") { wait_line("\n") } else { seen };
+    let status = wait_for("the guardian to exit", || script.0.try_wait().unwrap());
+    assert!(seen.contains("ints:1"), "one SIGINT, not two: {seen:?}");
+    assert_eq!(status.code(), Some(0), "{seen:?}");
+}

@@ -4,10 +4,15 @@
 //! run lock and writes no state: it belongs to its child, so it runs beside a shared `start` monitor and
 //! beside other `run`s, and `status`, `stop` and `env` do not see it. The child gets the proxy variables
 //! (and with HTTPS inspection the trust variables) in its own environment only; the guardian's environment
-//! is never changed. The child runs in its own process group, so a terminal's Ctrl-C reaches it exactly
-//! once: through the guardian, which forwards SIGINT, SIGTERM and SIGHUP (and reopens its findings log on
-//! SIGHUP). When the child exits, the monitor drains, flushes and stops; the exit code is the child's, or
-//! 128 + the signal number when a signal killed it.
+//! is never changed.
+//!
+//! Signals reach the child exactly once. When the guardian runs in the foreground of a terminal (typed at a
+//! prompt), the child stays in the guardian's process group: it can read the terminal, job control (Ctrl-Z,
+//! `fg`) works, and the terminal's SIGINT and SIGHUP reach it directly, so the guardian forwards only
+//! SIGTERM (which terminals never send). Otherwise (a service manager, a script, a pipe) the child gets a
+//! process group of its own and the guardian forwards SIGINT, SIGTERM and SIGHUP. SIGHUP also reopens the
+//! findings log. When the child exits, the monitor drains, flushes and stops; the exit code is the child's,
+//! or 128 + the signal number when a signal killed it.
 
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -59,7 +64,11 @@ pub fn run(cfg: &Config, opts: Options, command: &[OsString], ca_bundle: Option<
             monitor.findings_file().display()
         );
         let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args).envs(child_vars(&monitor.client_url(), ca_bundle)).process_group(0);
+        cmd.args(args).envs(child_vars(&monitor.client_url(), ca_bundle));
+        let shares_terminal = in_terminal_foreground();
+        if !shares_terminal {
+            cmd.process_group(0);
+        }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -81,7 +90,9 @@ pub fn run(cfg: &Config, opts: Options, command: &[OsString], ca_bundle: Option<
                     if sig == Sig::Hup {
                         monitor.reopen_logs();
                     }
-                    if let Some(pid) = pid {
+                    // In the terminal's group the child got SIGINT/SIGHUP from the terminal already.
+                    let forward = !shares_terminal || sig == Sig::Term;
+                    if let (true, Some(pid)) = (forward, pid) {
                         // The child may just have exited; its status arrives on the next turn.
                         let _ = kill_process(pid, sig.raw());
                     }
@@ -144,6 +155,11 @@ pub fn prepare_trust(cfg: &Config, err: &mut dyn Write) -> io::Result<Result<(Pa
         }
     }
     Ok(Ok((cfg.ca_bundle.clone(), fingerprint)))
+}
+
+/// Whether this process is in the foreground process group of the terminal on its stdin.
+fn in_terminal_foreground() -> bool {
+    rustix::termios::tcgetpgrp(io::stdin()).is_ok_and(|group| group == rustix::process::getpgrp())
 }
 
 /// The child's exit code, or 128 + the signal that killed it.
