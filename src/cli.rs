@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch. Each subcommand is a plain function over typed inputs that tests can call;
 //! clap types stay in this module.
 
+use std::ffi::OsString;
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,13 +9,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
-use std::sync::Arc;
-
 use crate::config::{self, Config, Flags, Loaded};
 use crate::detect::{Detector, DetectorOptions, Direction, Severity, ThreatType};
-use crate::findings::{reader, Counters, FindingsWriter};
+use crate::findings::reader;
 use crate::home::{self, EnvVars, Home};
-use crate::{proxy, scan};
+use crate::{monitor, scan};
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;
@@ -35,11 +34,44 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the proxy in the foreground until SIGINT or SIGTERM; prints `listening on http://HOST:PORT` to
-    /// stderr once it accepts connections.
+    /// Run an embedded monitor around COMMAND: the proxy variables go into COMMAND's environment only.
+    ///
+    /// Exit code: COMMAND's (128+N when signal N killed it); 2 for bad usage or config, 127 when COMMAND
+    /// is not found, 1 when the monitor cannot start. SIGTERM is forwarded to COMMAND, and SIGINT and SIGHUP
+    /// too unless COMMAND shares the guardian's terminal (the terminal sends those to both).
+    Run(RunArgs),
+    /// Run the shared monitor: in the foreground until SIGINT or SIGTERM (prints
+    /// `listening on http://HOST:PORT (known secrets: N)` to stderr once it accepts connections), or with
+    /// --background detached, logging to <home>/logs/guardian.log.
     Start {
         #[command(flatten)]
         config: ConfigArgs,
+        /// Detach and return once the proxy listens; prints its URL (without the credential) and PID.
+        #[arg(long)]
+        background: bool,
+        /// Internal: this process is the detached child of `start --background`.
+        #[arg(long, hide = true, conflicts_with = "background")]
+        detached: bool,
+    },
+    /// Stop the shared monitor (SIGTERM, up to 10 s to drain, then SIGKILL). Exit 1 when none runs.
+    Stop,
+    /// Show whether the shared monitor runs, its counters and its last findings. Exit 0 running, 1 not.
+    Status {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print JSON (schema picoclaw-traffic-guardian-status/v1).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the proxy variables of the running shared monitor for a shell; edits no file.
+    ///
+    /// Use it in a subshell: ( eval "$(picoclaw-traffic-guardian env)"; exec picoclaw gateway )
+    Env {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Output syntax.
+        #[arg(long, value_enum, default_value_t = ShellArg::Sh)]
+        shell: ShellArg,
     },
     /// Validate the configuration without binding a socket or writing a file.
     CheckConfig {
@@ -56,6 +88,11 @@ enum Command {
     /// Writes nothing but the findings to stdout (no log, no state). Exit 0, 3 when a finding is at or
     /// above --fail-on, 2 for bad usage. Offline findings carry `"source": "offline"`.
     Scan(ScanArgs),
+    /// Write the posture fragment for picoclaw-security-guardian (byte-stable while the posture is).
+    ///
+    /// Stdout is one compact JSON line {"canonical_sha256","message","output"}; without --json a human
+    /// summary also goes to stderr. Exit 0 written, 1 when it could not be written.
+    Profile(ProfileArgs),
     /// Report which of Picoclaw's outbound clients the guardian will see, and what to fix.
     Doctor {
         #[command(flatten)]
@@ -69,6 +106,40 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+}
+
+/// `profile` options.
+#[derive(Debug, Args)]
+struct ProfileArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Where to write (default: $PICOCLAW_TRAFFIC_GUARDIAN_PROFILE_OUTPUT, else profile_output).
+    #[arg(long, value_name = "PATH")]
+    output: Option<PathBuf>,
+    /// Use this time as generated_at (RFC 3339) instead of the time the posture last changed.
+    #[arg(long, value_name = "RFC3339")]
+    generated_at: Option<String>,
+    /// Print only the JSON line (no human summary on stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The command to monitor and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND", value_parser = clap::value_parser!(OsString))]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ShellArg {
+    Sh,
+    Fish,
+    Powershell,
+    Json,
 }
 
 /// `threats` filters and output.
@@ -202,6 +273,31 @@ impl ConfigArgs {
         }
         Flags { config: self.config.clone(), values }
     }
+
+    /// The same flags as arguments, for the detached child of `start --background`.
+    fn to_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut push = |flag: &str, value: OsString| {
+            args.push(flag.into());
+            args.push(value);
+        };
+        if let Some(p) = &self.config {
+            push("--config", p.clone().into_os_string());
+        }
+        if let Some(v) = &self.listen {
+            push("--listen", v.into());
+        }
+        if let Some(v) = self.max_scan_bytes {
+            push("--max-scan-bytes", v.to_string().into());
+        }
+        if let Some(p) = &self.log_dir {
+            push("--log-dir", p.clone().into_os_string());
+        }
+        if self.https_inspection {
+            args.push("--https-inspection".into());
+        }
+        args
+    }
 }
 
 /// Entry point of the binary: parse the process arguments, run, map the outcome to an exit code.
@@ -229,8 +325,21 @@ pub fn run(cli: Cli, env: &EnvVars, out: &mut dyn Write) -> io::Result<u8> {
             threats(env, &args, color, out)
         }
         Command::Scan(args) => scan(&args, out),
+        Command::Profile(args) => profile(env, &args, out),
         Command::Doctor { config, json } => doctor(env, &config.to_flags(), json, out),
-        Command::Start { config } => start(env, &config.to_flags()),
+        Command::Start { config, background, detached } => start(env, &config, background, detached, out),
+        Command::Stop => stop(env, out),
+        Command::Status { config, json } => status(env, &config.to_flags(), json, out),
+        Command::Env { config, shell } => {
+            let shell = match shell {
+                ShellArg::Sh => monitor::env::Shell::Sh,
+                ShellArg::Fish => monitor::env::Shell::Fish,
+                ShellArg::Powershell => monitor::env::Shell::Powershell,
+                ShellArg::Json => monitor::env::Shell::Json,
+            };
+            env_vars(env, &config.to_flags(), shell, out)
+        }
+        Command::Run(args) => run_command(env, args),
         Command::Ca { command } => run_ca(command, env, out, &mut io::stderr().lock()),
     }
 }
@@ -242,6 +351,46 @@ fn run_ca(command: CaCommand, env: &EnvVars, out: &mut dyn Write, err: &mut dyn 
         CaCommand::Bundle { config } => cmd::bundle(env, &config.to_flags(), out, err),
         CaCommand::Show { config, json } => cmd::show(env, &config.to_flags(), json, out, err),
         CaCommand::TrustInstructions { system } => cmd::trust_instructions(env, system, out, err),
+    }
+}
+
+/// `profile`: gather the posture, write the fragment atomically, print the digest line.
+fn profile(env: &EnvVars, args: &ProfileArgs, out: &mut dyn Write) -> io::Result<u8> {
+    use crate::picoclaw::profile as p;
+    let cfg = match load_config(env, &args.config.to_flags()) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let generated_at = match args.generated_at.as_deref().map(p::parse_generated_at).transpose() {
+        Ok(g) => g,
+        Err(msg) => {
+            eprintln!("picoclaw-traffic-guardian: {msg}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    let output = args.output.clone().unwrap_or_else(|| cfg.profile_output.clone());
+    let written = (|| {
+        if output.starts_with(cfg.home.root()) {
+            home::ensure_private_dir(output.parent().unwrap_or(cfg.home.root())).map_err(io::Error::other)?;
+        }
+        let posture = p::Posture::gather(&cfg, crate::proxy::tls::ca::stored_fingerprint(&cfg.home))?;
+        let state = cfg.home.root().join(p::STATE_FILE);
+        p::export(&posture, &output, generated_at.as_deref(), &state, time::OffsetDateTime::now_utc())
+    })();
+    match written {
+        Ok(e) => {
+            let message = if e.changed { "profile written" } else { "profile unchanged" };
+            let line = json!({"canonical_sha256": e.canonical_sha256, "message": message, "output": e.output.display().to_string()});
+            writeln!(out, "{line}")?;
+            if !args.json {
+                eprintln!("{message}: {} (sha256 of the canonical JSON {})", e.output.display(), e.canonical_sha256);
+            }
+            Ok(EXIT_OK)
+        }
+        Err(e) => {
+            eprintln!("picoclaw-traffic-guardian: cannot write the profile to {}: {e}", output.display());
+            Ok(EXIT_FAILURE)
+        }
     }
 }
 
@@ -405,74 +554,139 @@ pub fn check_config(env: &EnvVars, flags: &Flags, as_json: bool, out: &mut dyn W
     Ok(if loaded.errors.is_empty() { EXIT_OK } else { EXIT_USAGE })
 }
 
-/// `start` (foreground): load the config, make the private directories, start the findings writer and the
-/// proxy, print the one `listening on` line to stderr, serve until SIGINT/SIGTERM, then drain and flush.
-/// Exit 2 on an invalid config, 1 when the directories, the log or the listener cannot be set up.
-pub fn start(env: &EnvVars, flags: &Flags) -> io::Result<u8> {
-    let cfg = match config::load(env, flags).into_config() {
-        Ok(cfg) => cfg,
-        Err(e) => {
-            eprintln!("picoclaw-traffic-guardian: {e}");
-            return Ok(EXIT_USAGE);
-        }
-    };
-    for dir in [cfg.home.root(), cfg.log_dir.as_path()] {
-        if let Err(e) = home::ensure_private_dir(dir) {
-            eprintln!("picoclaw-traffic-guardian: {e}");
+/// `start`: the shared monitor, in the foreground or (`background`) detached. `detached` marks the child of
+/// `start --background`, which leaves the parent's session first. Exit 2 on an invalid config, 1 when a
+/// monitor already runs or something cannot be set up, 0 after a clean stop (foreground) or once the
+/// background monitor listens.
+pub fn start(
+    env: &EnvVars,
+    args: &ConfigArgs,
+    background: bool,
+    detached: bool,
+    out: &mut dyn Write,
+) -> io::Result<u8> {
+    if detached {
+        if let Err(e) = monitor::background::detach() {
+            eprintln!("picoclaw-traffic-guardian: cannot start a new session for the background monitor: {e}");
             return Ok(EXIT_FAILURE);
         }
     }
-    // Quiet by default so stderr carries the one `listening on` line; RUST_LOG=info shows per-error lines.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_writer(io::stderr).with_env_filter(filter).try_init();
+    let (cfg, config_warnings) = match load_config_and_warnings(env, &args.to_flags()) {
+        Ok(x) => x,
+        Err(code) => return Ok(code),
+    };
+    if background {
+        let exe = std::env::current_exe()?;
+        let mut child_args: Vec<OsString> = vec!["start".into(), monitor::background::DETACHED_FLAG.into()];
+        child_args.extend(args.to_args());
+        return monitor::background::start(&cfg.home, &exe, &child_args, out, &mut io::stderr().lock());
+    }
+    init_tracing();
     if cfg.https_inspection {
         eprintln!(
             "picoclaw-traffic-guardian: https_inspection is not available in this build; HTTPS is tunnelled blind"
         );
     }
-    let detector = Detector::new(DetectorOptions::default()).map_err(io::Error::other)?;
-    let writer = FindingsWriter::open(&cfg, Arc::new(Counters::default()))
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot start the findings writer: {e}")))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let served = runtime.block_on(async {
-        // Handlers first: a signal that arrives right after the listening line must stop us gracefully.
-        let mut signals = StopSignals::new()?;
-        let handle = proxy::Proxy::bind(proxy::Settings::from_config(&cfg), detector, writer.sink())
-            .await
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.listen)))?;
-        eprintln!("listening on http://{}", handle.local_addr());
-        signals.next().await;
-        // A second signal while draining stops at once (the findings queued so far are still flushed by
-        // the writer's close below).
-        tokio::select! {
-            _ = handle.shutdown_within(Some(proxy::DRAIN_TIMEOUT)) => {}
-            _ = signals.next() => {}
-        }
-        Ok::<(), io::Error>(())
-    });
-    writer.close();
-    served.map(|()| EXIT_OK)
+    let daemon_log = detached.then(|| monitor::background::guardian_log(&cfg.home));
+    let ca_fingerprint = cfg.https_inspection.then(|| crate::proxy::tls::ca::stored_fingerprint(&cfg.home)).flatten();
+    let opts = monitor::run::Options { shared: true, ca_fingerprint, daemon_log, config_warnings };
+    monitor::run::serve_foreground(&cfg, opts)
 }
 
-/// SIGTERM and SIGINT, either of them.
-struct StopSignals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
+/// Quiet by default so stderr carries the one startup line; RUST_LOG=info shows per-error lines.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_writer(io::stderr).with_env_filter(filter).try_init();
 }
 
-impl StopSignals {
-    fn new() -> io::Result<StopSignals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(StopSignals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
-    }
-
-    async fn next(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+/// Loads the config (exit 2 on errors, explained on stderr) and keeps its warnings as lines.
+fn load_config_and_warnings(env: &EnvVars, flags: &Flags) -> Result<(Config, Vec<String>), u8> {
+    let loaded = config::load(env, flags);
+    let warnings = loaded.warnings.iter().map(ToString::to_string).collect();
+    match loaded.into_config() {
+        Ok(cfg) => Ok((cfg, warnings)),
+        Err(e) => {
+            eprintln!("picoclaw-traffic-guardian: {e}");
+            Err(EXIT_USAGE)
         }
     }
+}
+
+/// `stop`: exit 0 when it stopped a monitor, 1 when none was running.
+pub fn stop(env: &EnvVars, out: &mut dyn Write) -> io::Result<u8> {
+    let home = match Home::resolve(env) {
+        Ok((home, _)) => home,
+        Err(e) => {
+            eprintln!("picoclaw-traffic-guardian: {e}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    monitor::background::stop(&home, out, &mut io::stderr().lock())
+}
+
+/// `status [--json]`: exit 0 when the shared monitor runs, 1 when stopped or stale. An invalid config does
+/// not hide the monitor: its problems become warnings and the default home and log directory are used.
+pub fn status(env: &EnvVars, flags: &Flags, as_json: bool, out: &mut dyn Write) -> io::Result<u8> {
+    let loaded = config::load(env, flags);
+    let mut warnings: Vec<String> = loaded.errors.iter().map(|p| format!("config error: {p}")).collect();
+    warnings.extend(loaded.warnings.iter().map(|p| format!("config: {p}")));
+    let (home, log_dir) = match &loaded.config {
+        Some(cfg) => (cfg.home.clone(), cfg.log_dir.clone()),
+        None => match Home::resolve(env) {
+            Ok((home, _)) => {
+                let logs = home.logs_dir();
+                (home, logs)
+            }
+            Err(e) => {
+                eprintln!("picoclaw-traffic-guardian: {e}");
+                return Ok(EXIT_USAGE);
+            }
+        },
+    };
+    let s = monitor::status::collect(&home, &log_dir, warnings);
+    if as_json {
+        writeln!(out, "{}", serde_json::to_string(&s).map_err(io::Error::other)?)?;
+    } else {
+        monitor::status::write_text(&s, out)?;
+    }
+    Ok(s.exit_code())
+}
+
+/// `env`: the proxy variables of the running shared monitor. Exit 1 when none runs.
+pub fn env_vars(env: &EnvVars, flags: &Flags, shell: monitor::env::Shell, out: &mut dyn Write) -> io::Result<u8> {
+    let cfg = match load_config(env, flags) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    monitor::env::print(&cfg.home, &cfg.ca_bundle, shell, out, &mut io::stderr().lock())
+}
+
+/// `run -- COMMAND`: the monitor listens on an ephemeral loopback port unless `--listen` says otherwise.
+fn run_command(env: &EnvVars, mut args: RunArgs) -> io::Result<u8> {
+    if args.config.listen.is_none() {
+        args.config.listen = Some("127.0.0.1:0".into());
+    }
+    let (cfg, config_warnings) = match load_config_and_warnings(env, &args.config.to_flags()) {
+        Ok(x) => x,
+        Err(code) => return Ok(code),
+    };
+    let (ca_bundle, ca_fingerprint) = if cfg.https_inspection {
+        match monitor::child::prepare_trust(&cfg, &mut io::stderr().lock())? {
+            Ok((bundle, fingerprint)) => (Some(bundle), Some(fingerprint)),
+            Err(code) => return Ok(code),
+        }
+    } else {
+        (None, None)
+    };
+    init_tracing();
+    if cfg.https_inspection {
+        eprintln!(
+            "picoclaw-traffic-guardian: https_inspection is not available in this build; HTTPS is tunnelled blind"
+        );
+    }
+    let opts = monitor::run::Options { shared: false, ca_fingerprint, daemon_log: None, config_warnings };
+    monitor::child::run(&cfg, opts, &args.command, ca_bundle.as_deref())
 }
 
 fn check_config_json(l: &Loaded) -> Value {

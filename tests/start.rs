@@ -1,4 +1,4 @@
-//! `start` through the real binary: the one `listening on` line, a private home, 407 without the credential,
+//! `start` through the real binary: the one `listening on` line (with the known-secret count), a private home, 407 without the credential,
 //! a clean exit on SIGTERM, exit 2 on a bad config.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -29,7 +29,9 @@ fn start_listens_demands_the_credential_and_stops_on_sigterm() {
         lines.map_while(Result::ok).collect::<Vec<_>>()
     });
     let first = rx.recv_timeout(Duration::from_secs(20)).expect("the listening line");
-    let addr = first.strip_prefix("listening on http://").unwrap_or_else(|| panic!("{first}"));
+    let rest = first.strip_prefix("listening on http://").unwrap_or_else(|| panic!("{first}"));
+    let (addr, secrets) = rest.split_once(' ').unwrap_or_else(|| panic!("{first}"));
+    assert_eq!(secrets, "(known secrets: 0)", "counts only: {first}");
     assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"), "{first}");
 
     let mut s = std::net::TcpStream::connect(addr).unwrap();

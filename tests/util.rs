@@ -378,3 +378,138 @@ pub fn log_lines(p: &TestProxy) -> Vec<Finding> {
     let text = std::fs::read_to_string(p.dir.path().join("findings.jsonl")).unwrap_or_default();
     text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
+
+// ---- Real guardian processes (lifecycle and run tests) ----
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener as StdListener;
+use std::time::Instant;
+
+use picoclaw_traffic_guardian::monitor::state::MonitorState;
+
+/// Polls `check` until it returns `Some`, failing the test with `what` after 20 s (a hang guard, not a
+/// timing assertion).
+pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `monitor.json` of `home`, when there is a readable one.
+pub fn monitor_state(home: &Path) -> Option<MonitorState> {
+    let bytes = std::fs::read(home.join("run/monitor.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// A background monitor started with `start --background`; stopped (`stop`) when dropped.
+pub struct Background {
+    pub home: PathBuf,
+    pub pid: u32,
+    /// `127.0.0.1:PORT`.
+    pub addr: SocketAddr,
+    /// `Proxy-Authorization` value.
+    pub auth: Option<String>,
+}
+
+impl Background {
+    /// Starts one on an ephemeral port with `extra` arguments; panics unless `start --background` exits 0.
+    pub fn start(home: &Path, extra: &[&str]) -> Background {
+        let o = output(guardian(home).args(["start", "--background", "--listen", "127.0.0.1:0"]).args(extra));
+        assert_eq!(o.status.code(), Some(0), "start --background: {}", String::from_utf8_lossy(&o.stderr));
+        let state = monitor_state(home).expect("monitor.json after start --background");
+        let line = stdout(&o);
+        assert_eq!(line.trim(), format!("monitor running: http://{} (PID {})", state.listen, state.pid));
+        let auth = state
+            .proxy_credential
+            .as_ref()
+            .map(|t| picoclaw_traffic_guardian::proxy::Credential::with_token(t.as_str()).header_value());
+        Background { home: home.to_path_buf(), pid: state.pid, addr: state.listen.parse().expect("listen"), auth }
+    }
+
+    /// Sends a signal to the monitor.
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid as i32).expect("pid");
+        rustix::process::kill_process(pid, sig).expect("signal the monitor");
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = guardian(&self.home).arg("stop").output();
+    }
+}
+
+/// Whether a process with this PID exists (zombies included).
+pub fn alive(pid: u32) -> bool {
+    rustix::process::Pid::from_raw(pid as i32).is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+}
+
+/// A plain HTTP/1.1 upstream on 127.0.0.1 (std threads) that answers every request `200 ok` and records
+/// the bodies it got.
+pub fn plain_upstream() -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let listener = StdListener::bind("127.0.0.1:0").expect("bind upstream");
+    let addr = listener.local_addr().expect("addr");
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let seen = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut reader = BufReader::new(stream);
+                let Some(body) = read_request(&mut reader) else { return };
+                seen.lock().unwrap().push(body);
+                let _ =
+                    reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+            });
+        }
+    });
+    (addr, bodies)
+}
+
+/// Reads one request head and its `Content-Length` body; returns the body.
+pub fn read_request(reader: &mut impl BufRead) -> Option<Vec<u8>> {
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().ok()?;
+            }
+        }
+    }
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
+/// POSTs `body` to `http://{upstream}/` through the proxy at `proxy`; returns the whole raw response.
+pub fn post_via_proxy(proxy: SocketAddr, auth: Option<&str>, upstream: SocketAddr, body: &str) -> String {
+    let mut s = std::net::TcpStream::connect(proxy).expect("connect to the proxy");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let auth = auth.map(|a| format!("Proxy-Authorization: {a}\r\n")).unwrap_or_default();
+    let req = format!(
+        "POST http://{upstream}/ HTTP/1.1\r\nHost: {upstream}\r\n{auth}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("send");
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    reply
+}
+
+/// The findings in `<log_dir>/findings.jsonl` (or another file of that directory).
+pub fn findings_in(file: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(file).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}

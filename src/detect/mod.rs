@@ -15,11 +15,52 @@
 //! assert_eq!(found[0].pattern, "aws_access_key");
 //! assert!(!found[0].snippet.contains("AKIAZ7QW3ERTY5UIOPLK"));
 //! ```
+//!
+//! ## The flow inside a scanner
+//! raw chunk → JSON/percent unescape (one streaming pass) → normalised window → keyword prefilter
+//! (Aho-Corasick) → the regexes of the rules whose keyword is in the window → validators (entropy, example
+//! values, provider host + credential header, known secrets win) → redacted [`Detection`]. In parallel,
+//! base64 runs of the normalised stream are decoded once and go through the same rules. Detections are
+//! released in stream order and each (pattern, value) once per scanner, so the output does not depend on
+//! how the input was chunked. EXFIL rules and known secrets run on outbound text, INJECTION rules on
+//! inbound text.
+//!
+//! ## Evasions and where they are handled
+//! | evasion | handled in | test (in `tests.rs`) |
+//! |---|---|---|
+//! | secret or command split across chunks | `scanner`: overlap of the longest rule match | `run_all` (every split), `chunking_never_changes_the_result` |
+//! | JSON string escapes (`\n`, `\"`, `\/`, `\uXXXX`, surrogates) | `normalize::Unescaper` | `json_escapes_are_undone` |
+//! | percent-encoding | `normalize::Unescaper` | `percent_encoding_is_undone` |
+//! | base64 (one level) | `scanner::track_runs` + `normalize::decode_run` | `base64_runs_are_decoded_and_the_same_value_is_one_detection` |
+//! | known secret as hex, base64 at any alignment, percent | `known::KnownSet` | `known_secrets_in_every_encoding` |
+//! | invalid UTF-8, binary | matching is on bytes (`(?-u)`) | `invalid_utf8_and_binary_are_fine`, `arbitrary_bytes_never_panic` |
+//! | gzip/br, chunked transfer, SSE, WebSocket frames | not here: the inspector hands over decoded text | |
+//!
+//! Limits: a base64 run is decoded in pieces of [`MAX_BASE64_RUN`] characters (a secret straddling two
+//! pieces of one huge run is missed); base64 inside base64 and escapes inside base64 are not decoded again.
 
 pub mod egress;
 
+mod engine;
+mod known;
+mod normalize;
+mod redact;
+mod rules;
+mod scanner;
+#[cfg(test)]
+mod tests;
+
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use engine::Engine;
+use known::KnownSet;
+
+pub use known::{KNOWN_SECRET_MAX_LEN, KNOWN_SECRET_MIN_LEN};
+pub use normalize::{MAX_BASE64_RUN, MIN_BASE64_RUN};
+pub use redact::{CONTEXT_MAX, MATCH_SHOWN_MAX, SNIPPET_HARD_MAX, SNIPPET_MAX};
+pub use rules::MAX_RULE_LEN;
+pub use scanner::Scanner;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -162,7 +203,8 @@ pub struct Detection {
     pub fingerprint: String,
     /// Where in the message.
     pub location: Location,
-    /// How the text was decoded before it matched (`base64`, `percent`, `json`), if at all.
+    /// How the text was decoded before it matched (`base64`, `percent`, `json`; `hex` for a known secret),
+    /// if at all.
     pub decoded: Option<&'static str>,
 }
 
@@ -190,8 +232,13 @@ pub struct AllowedUse {
 /// Options for building a [`Detector`].
 #[derive(Debug, Clone, Default)]
 pub struct DetectorOptions {
-    /// Exact secrets to find in any encoding, with their legitimate uses.
+    /// Exact secrets to find in any encoding, with their legitimate uses. Each value must be
+    /// [`KNOWN_SECRET_MIN_LEN`] to [`KNOWN_SECRET_MAX_LEN`] bytes long.
     pub known_secrets: Vec<KnownSecret>,
+    /// Extra hosts (or `*.domain`) where an AI provider key in a credential header (`authorization`,
+    /// `x-api-key`, `x-goog-api-key`, `x-subscription-token`, `api-key`, the Telegram path) is normal:
+    /// the `api_base` hosts of the Picoclaw config. The built-in provider hosts need not be listed.
+    pub provider_hosts: Vec<String>,
 }
 
 /// Why a detector could not be built (a bad rule or option; never the scanned bytes).
@@ -207,6 +254,11 @@ impl fmt::Display for DetectError {
 impl std::error::Error for DetectError {}
 
 /// The compiled rules and known secrets. Build once; clones share the compiled state.
+///
+/// Cost: building compiles about 40 regexes and three automata, so do it once (at startup or reload) and
+/// clone. A [`Scanner`] holds, by construction, a window of at most 32 KiB plus the longest rule match
+/// (about 1.4 KiB), plus an open base64 run of at most [`MAX_BASE64_RUN`] bytes. Scan throughput is in
+/// `docs/PERFORMANCE.md` (about 300 MiB/s of ordinary chat JSON on one loaded core).
 #[derive(Debug, Clone)]
 pub struct Detector {
     inner: Arc<Inner>,
@@ -215,12 +267,15 @@ pub struct Detector {
 #[derive(Debug)]
 struct Inner {
     options: DetectorOptions,
+    engine: Engine,
 }
 
 impl Detector {
     /// Compiles the rules. Fails only on a bad option, never later on input.
     pub fn new(options: DetectorOptions) -> Result<Detector, DetectError> {
-        Ok(Detector { inner: Arc::new(Inner { options }) })
+        let known = KnownSet::new(&options.known_secrets)?;
+        let engine = Engine::new(known, options.provider_hosts.clone())?;
+        Ok(Detector { inner: Arc::new(Inner { options, engine }) })
     }
 
     /// The options it was built with.
@@ -230,7 +285,7 @@ impl Detector {
 
     /// A streaming scanner for one piece of a message.
     pub fn scanner(&self, ctx: ScanContext) -> Scanner {
-        Scanner { _detector: self.clone(), ctx, tail: Vec::new(), scanned: 0 }
+        Scanner::new(self.clone(), ctx)
     }
 
     /// Scans a whole buffer at once (same result as feeding it in chunks).
@@ -241,71 +296,65 @@ impl Detector {
         s.finish(&mut out);
         out
     }
-}
 
-/// Scans one stream of bytes fed in chunks; a match split across chunks is found.
-#[derive(Debug)]
-pub struct Scanner {
-    _detector: Detector,
-    ctx: ScanContext,
-    tail: Vec<u8>,
-    scanned: u64,
-}
-
-impl Scanner {
-    /// Feeds the next chunk; detections found so far are pushed to `out`.
-    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<Detection>) {
-        // Placeholder until the rule engine lands: AWS access key ids only, with an overlap so that a key
-        // split across chunks is still found.
-        self.scanned += chunk.len() as u64;
-        let start = self.tail.len();
-        self.tail.extend_from_slice(chunk);
-        let text = &self.tail;
-        let mut i = 0;
-        while i + 20 <= text.len() {
-            let cand = &text[i..i + 20];
-            if cand.starts_with(b"AKIA")
-                && cand[4..].iter().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-                && i + 20 > start
-            {
-                let fp = fingerprint(cand);
-                out.push(Detection {
-                    pattern: "aws_access_key",
-                    threat_type: ThreatType::Exfil,
-                    severity: Severity::High,
-                    snippet: format!("[REDACTED:aws_access_key:{fp}]"),
-                    fingerprint: fp,
-                    location: self.ctx.location.clone(),
-                    decoded: None,
-                });
-                i += 20;
-            } else {
-                i += 1;
-            }
-        }
-        let keep = self.tail.len().saturating_sub(19);
-        self.tail.drain(..keep);
-    }
-
-    /// Ends the stream; anything still pending is pushed to `out`.
-    pub fn finish(&mut self, _out: &mut Vec<Detection>) {
-        self.tail.clear();
-    }
-
-    /// Bytes fed so far.
-    pub fn scanned(&self) -> u64 {
-        self.scanned
+    /// Like [`redact`], and also redacts this detector's known secrets in every encoding.
+    pub fn redact(&self, text: &str) -> String {
+        self.inner.engine.redactor.redact(text)
     }
 }
 
 /// Redacts every secret the rules recognise in `text` (and every URL query and credential), for any text
-/// that is about to be written or shown. The one redaction function of every output path.
+/// that is about to be written or shown. The one redaction function of every output path. Known secrets
+/// need the detector that knows them: use [`Detector::redact`] there.
 pub fn redact(text: &str) -> String {
-    // Placeholder until the rule engine lands.
-    text.to_owned()
+    static DEFAULT: OnceLock<Option<Detector>> = OnceLock::new();
+    match DEFAULT.get_or_init(|| Detector::new(DetectorOptions::default()).ok()) {
+        Some(d) => d.redact(text),
+        // Fail closed: the built-in rules always compile (a test proves it), but never show text unredacted.
+        None => "[REDACTED]".to_owned(),
+    }
+}
+
+/// One rule as seen from outside: what it reports and how badly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RuleInfo {
+    /// Pattern id as it appears in [`Detection::pattern`].
+    pub id: &'static str,
+    /// Threat type.
+    pub threat_type: ThreatType,
+    /// Severity.
+    pub severity: Severity,
+    /// The direction whose text it is matched against.
+    pub direction: Direction,
+}
+
+/// Every pattern id the detector can report (`known_secret` included), once each, in table order.
+pub fn rule_table() -> Vec<RuleInfo> {
+    let mut out: Vec<RuleInfo> = Vec::new();
+    for r in rules::EXFIL.iter().chain(rules::INJECTION) {
+        if !out.iter().any(|o| o.id == r.id) {
+            let direction = if r.threat == ThreatType::Injection { Direction::Inbound } else { Direction::Outbound };
+            out.push(RuleInfo { id: r.id, threat_type: r.threat, severity: r.severity, direction });
+        }
+    }
+    out.push(RuleInfo {
+        id: "known_secret",
+        threat_type: ThreatType::Exfil,
+        severity: Severity::Critical,
+        direction: Direction::Outbound,
+    });
+    out
 }
 
 /// First 8 hex digits of the sha256 of `value`: names a secret without revealing it.
 pub fn fingerprint(value: &[u8]) -> String {
     hex::encode(&Sha256::digest(value)[..4])
+}
+
+/// One default detector per test binary: building compiles every rule, which in a debug build is slow
+/// enough that tests looping over split points must not do it per iteration.
+#[cfg(test)]
+pub(crate) fn shared_default() -> Detector {
+    static SHARED: std::sync::OnceLock<Detector> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| Detector::new(DetectorOptions::default()).expect("the built-in rules compile")).clone()
 }

@@ -116,7 +116,7 @@ pub fn timestamp(t: OffsetDateTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::{Detector, DetectorOptions, ScanContext};
+    use crate::detect::ScanContext;
     use time::macros::datetime;
 
     #[test]
@@ -127,7 +127,7 @@ mod tests {
 
     #[test]
     fn record_has_the_contract_fields_and_no_secret() {
-        let det = Detector::new(DetectorOptions::default()).unwrap();
+        let det = crate::detect::shared_default();
         let dest = Destination::new("API.Example.com", 443);
         let ctx = ScanContext::new(Direction::Outbound, dest.clone(), Location::Body);
         let d = &det.scan(ctx, b"k=AKIAZ7QW3ERTY5UIOPLK")[0];

@@ -170,9 +170,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::{Destination, Detector, DetectorOptions, Direction};
+    use crate::detect::{Destination, Direction};
     use crate::findings::{FindingsWriter, LogStore, WriterOptions};
-    use http::{HeaderMap, StatusCode};
+    use http::HeaderMap;
     use std::sync::Mutex;
     use std::time::Duration;
 
@@ -199,17 +199,17 @@ mod tests {
             counters.clone(),
         )
         .unwrap();
-        let detector = Detector::new(DetectorOptions::default()).unwrap();
+        let detector = crate::detect::shared_default();
         let dest = Destination::new("up.example", 80);
         let origin = Origin {
-            direction: Direction::Inbound,
+            direction: Direction::Outbound,
             protocol: "http",
             source: [127, 0, 0, 1].into(),
             dest: dest.clone(),
         };
         let (guard, mut drained) = mpsc::channel::<()>(1);
         let tap = Tap::spawn(
-            move || MessageInspector::response(&detector, dest, StatusCode::OK, &HeaderMap::new(), budget),
+            move || MessageInspector::request(&detector, dest, &http::Method::POST, "/", &HeaderMap::new(), budget),
             origin,
             budget,
             writer.sink(),
