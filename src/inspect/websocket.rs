@@ -27,11 +27,11 @@
 //! use picoclaw_traffic_guardian::inspect::WsInspector;
 //! let detector = Detector::new(DetectorOptions::default()).unwrap();
 //! let dest = Destination::new("gateway.example", 443);
-//! let mut down = WsInspector::new(&detector, dest, Direction::Inbound, None, 65536);
-//! // Two unmasked text frames, each a JSON delta carrying half of a key.
-//! down.feed(b"\x81\x14{\"delta\":\"AKIAZ7QW\"}").unwrap();
-//! down.feed(b"\x81\x18{\"delta\":\"3ERTY5UIOPLK\"}").unwrap();
-//! let found = down.take_detections();
+//! let mut up = WsInspector::new(&detector, dest, Direction::Outbound, None, 65536);
+//! // Two text frames from the agent (left unmasked here for brevity), each a JSON delta with half a key.
+//! up.feed(b"\x81\x14{\"delta\":\"AKIAZ7QW\"}").unwrap();
+//! up.feed(b"\x81\x18{\"delta\":\"3ERTY5UIOPLK\"}").unwrap();
+//! let found = up.take_detections();
 //! assert_eq!((found[0].pattern, &found[0].location), ("aws_access_key", &Location::WebSocket));
 //! ```
 
