@@ -129,8 +129,8 @@ pub struct MessageInspector {
 /// Where decoded body bytes go.
 #[derive(Debug)]
 enum Body {
-    /// Routed by content type into one scanner.
-    Routed { router: Router, scanner: Scanner },
+    /// Routed by content type into one scanner (boxed, like the stream decoders: both are large).
+    Routed { router: Router, scanner: Box<Scanner> },
     /// SSE or NDJSON: text pieces into one scanner per logical text (boxed: the decoders are large).
     Stream(Box<StreamBody>),
 }
@@ -242,7 +242,7 @@ impl MessageInspector {
         let body = match kind {
             BodyKind::EventStream => Body::Stream(Box::new(StreamBody::sse(detector, ctx))),
             BodyKind::Ndjson => Body::Stream(Box::new(StreamBody::ndjson(detector, ctx))),
-            kind => Body::Routed { router: Router::new(kind), scanner: detector.scanner(ctx) },
+            kind => Body::Routed { router: Router::new(kind), scanner: Box::new(detector.scanner(ctx)) },
         };
         MessageInspector {
             body,
