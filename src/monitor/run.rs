@@ -264,10 +264,8 @@ fn secrets_summary(inv: &Inventory) -> String {
 
 /// The detector for an inventory; known secrets the detector refuses become a warning and the rules still
 /// run (a broken Picoclaw install must never stop the monitor).
-// The struct update keeps this building when the detector gains options (it is about to).
-#[allow(clippy::needless_update)]
 fn build_detector(inv: &Inventory, live: &Mutex<Live>) -> Result<Detector, DetectError> {
-    Detector::new(DetectorOptions { known_secrets: inv.secrets.clone(), ..Default::default() }).or_else(|e| {
+    Detector::new(inv.detector_options()).or_else(|e| {
         let msg = format!("the Picoclaw known secrets could not be used ({e}); detecting with the rules only");
         tracing::warn!("{msg}");
         live.lock().unwrap_or_else(|p| p.into_inner()).picoclaw_warnings.push(msg);
