@@ -6,6 +6,7 @@ mod util;
 mod check_config;
 mod connect_tls;
 mod doctor;
+mod mitm;
 mod packaging;
 mod proxy;
 mod scan;
