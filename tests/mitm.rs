@@ -452,3 +452,30 @@ fn settings_turn_inspection_on_only_when_configured_and_need_the_ca() {
     assert!(!s.intercepts("pinned.test"));
     assert_eq!(s.ca_bundle.as_deref(), Some(on.ca_bundle.as_path()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_bytes_inside_connect_are_tunnelled_blind_even_when_inspecting() {
+    let f = fixture();
+    let plain = util::upstream().await;
+    let p = f.proxy(&[]).await;
+    let mut s = TcpStream::connect(p.addr()).await.unwrap();
+    let port = plain.addr.port();
+    let head = format!(
+        "CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nProxy-Authorization: {}\r\n\r\n",
+        p.auth().unwrap()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    while !reply.ends_with(b"\r\n\r\n") {
+        reply.push(s.read_u8().await.unwrap());
+    }
+    assert!(reply.starts_with(b"HTTP/1.1 200"));
+    s.write_all(b"GET / HTTP/1.1\r\nHost: plain\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("ok"), "{text}");
+    assert_eq!(p.counters.snapshot().tunnels, 1);
+    assert_eq!(p.counters.snapshot().client_tls_handshake_failures, 0);
+    assert!(f.interceptor.leaves().is_empty());
+}

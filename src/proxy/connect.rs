@@ -15,7 +15,8 @@ use tokio::net::TcpStream;
 
 use super::body::{empty, ProxyBody};
 use super::error::{chain, ProxyError};
-use super::{mitm, upstream, ConnCtx};
+use super::rewind::{self, FirstBytes};
+use super::{mitm, upstream, ConnCtx, FIRST_BYTES_TIMEOUT};
 use crate::detect::Destination;
 use crate::findings::Counters;
 
@@ -53,7 +54,15 @@ where
 {
     match ctx.shared.settings.mitm.clone() {
         Some(interceptor) if ctx.shared.settings.intercepts(&dest.host) => {
-            mitm::serve(ctx, interceptor, client, upstream, dest).await
+            // Only TLS can be intercepted. Anything else (plain HTTP, SSH, a server-speaks-first protocol)
+            // still works as before, tunnelled blind with the bytes already read put back.
+            match rewind::peek(client, FIRST_BYTES_TIMEOUT).await {
+                (FirstBytes::Tls, client) => mitm::serve(ctx, interceptor, client, upstream, dest).await,
+                (first, client) => {
+                    tracing::debug!("CONNECT to {dest}: {first:?} instead of a TLS ClientHello, tunnelled blind");
+                    tunnel(ctx, client, upstream, dest).await
+                }
+            }
         }
         _ => tunnel(ctx, client, upstream, dest).await,
     }

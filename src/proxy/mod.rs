@@ -24,6 +24,7 @@ pub mod connect;
 pub mod error;
 pub mod forward;
 pub mod mitm;
+pub mod rewind;
 pub mod tls;
 pub mod upstream;
 
@@ -68,6 +69,9 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
 /// Most request headers accepted; more get 431.
 pub const MAX_HEADERS: usize = 200;
+/// How long an inspecting proxy waits for a client's first bytes after answering CONNECT. TLS clients send
+/// their ClientHello at once; silence means a server-speaks-first protocol, which is then tunnelled blind.
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(3);
 /// A host whose clients keep refusing the guardian leaf is logged once per this window (a misconfigured
 /// agent retries constantly; one line with the fix is enough).
 pub const CLIENT_TLS_WARN_WINDOW: Duration = Duration::from_secs(600);
