@@ -479,3 +479,17 @@ async fn plain_bytes_inside_connect_are_tunnelled_blind_even_when_inspecting() {
     assert_eq!(p.counters.snapshot().client_tls_handshake_failures, 0);
     assert!(f.interceptor.leaves().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_intercepted_connections() {
+    let f = fixture();
+    let (up, _) = f.good_upstream().await;
+    let p = f.proxy(&[]).await;
+    let mut c = https_client(&p, up.addr.port(), &f.guardian_ca).await.unwrap();
+    let (status, _, _) = send(&mut c, req("GET", "/", up.addr.port(), full(""))).await;
+    assert_eq!(status, StatusCode::OK);
+    let TestProxy { handle, writer, .. } = p;
+    // The kept-alive client connection is idle: a graceful stop closes it instead of waiting for it.
+    assert!(handle.shutdown_within(Some(Duration::from_secs(5))).await, "drained");
+    drop(writer);
+}
