@@ -1,5 +1,6 @@
-//! The proxy engine: listener → auth → CONNECT (tunnel) or absolute-form exchange → upstream, with taps
-//! copying each message to an inspector beside the forwarding path.
+//! The proxy engine: listener → auth → CONNECT (blind tunnel, or HTTPS inspection in [`mitm`] when
+//! [`Settings::mitm`] is set) or absolute-form exchange → upstream, with taps copying each message to an
+//! inspector beside the forwarding path. Intercepted requests go through the same [`forward::exchange`].
 //!
 //! Start one in-process with [`Proxy::bind`] inside a tokio runtime; it returns a [`ProxyHandle`] with the
 //! bound address, the per-start credential, the live counters, and a graceful [`ProxyHandle::shutdown`]
