@@ -56,6 +56,11 @@ enum Command {
     /// Writes nothing but the findings to stdout (no log, no state). Exit 0, 3 when a finding is at or
     /// above --fail-on, 2 for bad usage. Offline findings carry `"source": "offline"`.
     Scan(ScanArgs),
+    /// Write the posture fragment for picoclaw-security-guardian (byte-stable while the posture is).
+    ///
+    /// Stdout is one compact JSON line {"canonical_sha256","message","output"}; without --json a human
+    /// summary also goes to stderr. Exit 0 written, 1 when it could not be written.
+    Profile(ProfileArgs),
     /// Report which of Picoclaw's outbound clients the guardian will see, and what to fix.
     Doctor {
         #[command(flatten)]
@@ -69,6 +74,22 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+}
+
+/// `profile` options.
+#[derive(Debug, Args)]
+struct ProfileArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Where to write (default: $PICOCLAW_TRAFFIC_GUARDIAN_PROFILE_OUTPUT, else profile_output).
+    #[arg(long, value_name = "PATH")]
+    output: Option<PathBuf>,
+    /// Use this time as generated_at (RFC 3339) instead of the time the posture last changed.
+    #[arg(long, value_name = "RFC3339")]
+    generated_at: Option<String>,
+    /// Print only the JSON line (no human summary on stderr).
+    #[arg(long)]
+    json: bool,
 }
 
 /// `threats` filters and output.
@@ -229,6 +250,7 @@ pub fn run(cli: Cli, env: &EnvVars, out: &mut dyn Write) -> io::Result<u8> {
             threats(env, &args, color, out)
         }
         Command::Scan(args) => scan(&args, out),
+        Command::Profile(args) => profile(env, &args, out),
         Command::Doctor { config, json } => doctor(env, &config.to_flags(), json, out),
         Command::Start { config } => start(env, &config.to_flags()),
         Command::Ca { command } => run_ca(command, env, out, &mut io::stderr().lock()),
@@ -242,6 +264,46 @@ fn run_ca(command: CaCommand, env: &EnvVars, out: &mut dyn Write, err: &mut dyn 
         CaCommand::Bundle { config } => cmd::bundle(env, &config.to_flags(), out, err),
         CaCommand::Show { config, json } => cmd::show(env, &config.to_flags(), json, out, err),
         CaCommand::TrustInstructions { system } => cmd::trust_instructions(env, system, out, err),
+    }
+}
+
+/// `profile`: gather the posture, write the fragment atomically, print the digest line.
+fn profile(env: &EnvVars, args: &ProfileArgs, out: &mut dyn Write) -> io::Result<u8> {
+    use crate::picoclaw::profile as p;
+    let cfg = match load_config(env, &args.config.to_flags()) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let generated_at = match args.generated_at.as_deref().map(p::parse_generated_at).transpose() {
+        Ok(g) => g,
+        Err(msg) => {
+            eprintln!("picoclaw-traffic-guardian: {msg}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    let output = args.output.clone().unwrap_or_else(|| cfg.profile_output.clone());
+    let written = (|| {
+        if output.starts_with(cfg.home.root()) {
+            home::ensure_private_dir(output.parent().unwrap_or(cfg.home.root())).map_err(io::Error::other)?;
+        }
+        let posture = p::Posture::gather(&cfg, crate::proxy::tls::ca::stored_fingerprint(&cfg.home))?;
+        let state = cfg.home.root().join(p::STATE_FILE);
+        p::export(&posture, &output, generated_at.as_deref(), &state, time::OffsetDateTime::now_utc())
+    })();
+    match written {
+        Ok(e) => {
+            let message = if e.changed { "profile written" } else { "profile unchanged" };
+            let line = json!({"canonical_sha256": e.canonical_sha256, "message": message, "output": e.output.display().to_string()});
+            writeln!(out, "{line}")?;
+            if !args.json {
+                eprintln!("{message}: {} (sha256 of the canonical JSON {})", e.output.display(), e.canonical_sha256);
+            }
+            Ok(EXIT_OK)
+        }
+        Err(e) => {
+            eprintln!("picoclaw-traffic-guardian: cannot write the profile to {}: {e}", output.display());
+            Ok(EXIT_FAILURE)
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod connect_tls;
 mod doctor;
 mod mitm;
 mod packaging;
+mod profile;
 mod proxy;
 mod scan;
 mod start;

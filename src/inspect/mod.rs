@@ -51,9 +51,13 @@
 //! assert_eq!(m.take_detections()[0].pattern, "aws_access_key");
 //! ```
 
+pub mod accumulate;
 pub mod chunked;
 pub mod decode;
+pub mod ndjson;
 pub mod route;
+pub mod sse;
+pub mod ws;
 
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, Method, StatusCode};

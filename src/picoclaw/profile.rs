@@ -23,6 +23,9 @@ use crate::findings::timestamp;
 use crate::home;
 use crate::monitor::state::{self, Observed};
 
+/// File in the home that remembers when the posture last changed (for a stable `generated_at`).
+pub const STATE_FILE: &str = "profile-state.json";
+
 /// Schema of the fragment.
 pub const SCHEMA: &str = "clawsec-traffic-posture/v1";
 

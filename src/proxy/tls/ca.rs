@@ -402,6 +402,14 @@ fn is_guardian_ca(der: &[u8]) -> bool {
     cn.is_some_and(|cn| cn.starts_with(CA_CN_PREFIX))
 }
 
+/// The fingerprint of the CA certificate stored in `home`, or `None` when there is none (or it is not a PEM
+/// certificate). Reads the certificate only, never the key, so status and profile can show it cheaply.
+pub fn stored_fingerprint(home: &Home) -> Option<String> {
+    let pem = fs::read(CaPaths::of(home).cert).ok()?;
+    let der = CertificateDer::from_pem_slice(&pem).ok()?;
+    Some(fingerprint_sha256(&der))
+}
+
 /// Whether the PEM file at `path` holds the certificate `der`: `Ok(None)` when the file does not exist.
 pub fn bundle_holds(path: &Path, der: &[u8]) -> io::Result<Option<bool>> {
     let bytes = match fs::read(path) {
@@ -423,6 +431,16 @@ pub fn prepare_bundle_dir(path: &Path) -> Result<(), CaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_fingerprint_reads_the_saved_certificate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path().join("h"));
+        assert_eq!(stored_fingerprint(&home), None);
+        let ca = GuardianCa::generate("host", 30, OffsetDateTime::now_utc()).unwrap();
+        ca.save(&CaPaths::of(&home), false).unwrap();
+        assert_eq!(stored_fingerprint(&home), Some(ca.fingerprint_sha256()));
+    }
 
     #[test]
     fn fingerprint_is_colon_separated_uppercase_hex() {
