@@ -215,11 +215,13 @@ async fn secret_in_an_https_request_body_is_found_with_protocol_https() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(got, body.as_bytes());
 
-    // The echo carries it back too: one finding each way, both marked https.
+    // Only the request's finding is asserted: whether the echoed key also counts inbound is the detector's
+    // choice (the placeholder reports it, the rule set does not).
     let found = p.findings_of("aws_access_key").await;
-    assert_eq!(found.len(), 2, "{found:?}");
     assert!(found.iter().all(|f| f.protocol == "https"), "{found:?}");
-    let f0 = found.iter().find(|f| f.direction == Direction::Outbound).expect("the request's finding");
+    let outbound: Vec<_> = found.iter().filter(|f| f.direction == Direction::Outbound).collect();
+    assert_eq!(outbound.len(), 1, "{found:?}");
+    let f0 = outbound[0];
     assert_eq!(f0.threat_type, ThreatType::Exfil);
     assert_eq!(f0.dest, format!("{HOST}:{}", up.addr.port()));
     assert_eq!(f0.source, "127.0.0.1");
@@ -236,7 +238,7 @@ async fn secret_in_an_https_request_body_is_found_with_protocol_https() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the real detector (the placeholder on this branch finds AWS key ids only)"]
+#[ignore = "needs the real detector: passes with the detect branch merged; the placeholder finds AWS key ids only"]
 async fn injection_in_an_https_response_is_found() {
     let f = fixture();
     let (up, _) = f.good_upstream().await;
