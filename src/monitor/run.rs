@@ -131,7 +131,11 @@ impl Monitor {
         let writer = FindingsWriter::open(cfg, counters.clone()).map_err(|e| {
             StartError::Failed(format!("cannot start the findings writer in {}: {e}", cfg.log_dir.display()))
         })?;
-        let handle = proxy::Proxy::bind(proxy::Settings::from_config(cfg), detector, writer.sink())
+        // HTTPS inspection needs the CA; without one this fails with the fix (`ca init`) before we listen.
+        let settings = proxy::Settings::from_config(cfg)
+            .with_mitm_from_config(cfg)
+            .map_err(|e| StartError::Failed(format!("cannot start HTTPS inspection: {e}")))?;
+        let handle = proxy::Proxy::bind(settings, detector, writer.sink())
             .await
             .map_err(|e| StartError::Failed(format!("cannot listen on {}: {e}", cfg.listen)))?;
 
