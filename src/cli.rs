@@ -582,11 +582,6 @@ pub fn start(
         return monitor::background::start(&cfg.home, &exe, &child_args, out, &mut io::stderr().lock());
     }
     init_tracing();
-    if cfg.https_inspection {
-        eprintln!(
-            "picoclaw-traffic-guardian: https_inspection is not available in this build; HTTPS is tunnelled blind"
-        );
-    }
     let daemon_log = detached.then(|| monitor::background::guardian_log(&cfg.home));
     let ca_fingerprint = cfg.https_inspection.then(|| crate::proxy::tls::ca::stored_fingerprint(&cfg.home)).flatten();
     let opts = monitor::run::Options { shared: true, ca_fingerprint, daemon_log, config_warnings };
@@ -680,11 +675,6 @@ fn run_command(env: &EnvVars, mut args: RunArgs) -> io::Result<u8> {
         (None, None)
     };
     init_tracing();
-    if cfg.https_inspection {
-        eprintln!(
-            "picoclaw-traffic-guardian: https_inspection is not available in this build; HTTPS is tunnelled blind"
-        );
-    }
     let opts = monitor::run::Options { shared: false, ca_fingerprint, daemon_log: None, config_warnings };
     monitor::child::run(&cfg, opts, &args.command, ca_bundle.as_deref())
 }

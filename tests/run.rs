@@ -295,7 +295,6 @@ fn known_secrets_are_counted_reloaded_and_never_printed() {
 }
 
 #[test]
-#[ignore = "needs the real detector (known_secret matching lands with src/detect)"]
 fn a_known_secret_is_fine_to_its_api_base_and_a_finding_elsewhere() {
     let tmp = tempfile::tempdir().unwrap();
     let (upstream, _) = plain_upstream();

@@ -59,3 +59,14 @@ fn start_with_a_bad_config_exits_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--listen"));
 }
+
+#[test]
+fn start_with_https_inspection_and_no_ca_says_to_run_ca_init() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("h");
+    let o = output(guardian(&home).args(["start", "--listen", "127.0.0.1:0", "--https-inspection"]));
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("ca init"), "{err}");
+    assert!(!err.contains("listening on"), "it must fail before it listens: {err}");
+}

@@ -7,6 +7,7 @@ mod check_config;
 mod connect_tls;
 mod doctor;
 mod lifecycle;
+mod mitm;
 mod packaging;
 mod profile;
 mod proxy;

@@ -131,7 +131,11 @@ impl Monitor {
         let writer = FindingsWriter::open(cfg, counters.clone()).map_err(|e| {
             StartError::Failed(format!("cannot start the findings writer in {}: {e}", cfg.log_dir.display()))
         })?;
-        let handle = proxy::Proxy::bind(proxy::Settings::from_config(cfg), detector, writer.sink())
+        // HTTPS inspection needs the CA; without one this fails with the fix (`ca init`) before we listen.
+        let settings = proxy::Settings::from_config(cfg)
+            .with_mitm_from_config(cfg)
+            .map_err(|e| StartError::Failed(format!("cannot start HTTPS inspection: {e}")))?;
+        let handle = proxy::Proxy::bind(settings, detector, writer.sink())
             .await
             .map_err(|e| StartError::Failed(format!("cannot listen on {}: {e}", cfg.listen)))?;
 
@@ -264,10 +268,8 @@ fn secrets_summary(inv: &Inventory) -> String {
 
 /// The detector for an inventory; known secrets the detector refuses become a warning and the rules still
 /// run (a broken Picoclaw install must never stop the monitor).
-// The struct update keeps this building when the detector gains options (it is about to).
-#[allow(clippy::needless_update)]
 fn build_detector(inv: &Inventory, live: &Mutex<Live>) -> Result<Detector, DetectError> {
-    Detector::new(DetectorOptions { known_secrets: inv.secrets.clone(), ..Default::default() }).or_else(|e| {
+    Detector::new(inv.detector_options()).or_else(|e| {
         let msg = format!("the Picoclaw known secrets could not be used ({e}); detecting with the rules only");
         tracing::warn!("{msg}");
         live.lock().unwrap_or_else(|p| p.into_inner()).picoclaw_warnings.push(msg);

@@ -41,7 +41,7 @@ use crate::detect::{AllowedUse, KnownSecret};
 /// Largest Picoclaw file read; a bigger one is a warning (these files are a few KiB).
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 /// Shortest value taken as a secret; shorter ones are placeholders or ids.
-pub const MIN_SECRET_LEN: usize = 8;
+pub const MIN_SECRET_LEN: usize = crate::detect::KNOWN_SECRET_MIN_LEN;
 /// Nesting depth kept when converting YAML; deeper nodes are dropped (no secret lives that deep).
 const MAX_DEPTH: usize = 64;
 
@@ -184,6 +184,26 @@ pub struct Inventory {
     pub telegram_enabled: bool,
     /// Whether the ClawHub skill registry is enabled in the config.
     pub clawhub_enabled: bool,
+}
+
+impl Inventory {
+    /// Detector options for this inventory: its known secrets, and as extra provider hosts every host a
+    /// configured key may be sent to in a credential header (a self-hosted or OpenAI-compatible `api_base`
+    /// receiving its own key in `Authorization` is normal traffic).
+    pub fn detector_options(&self) -> crate::detect::DetectorOptions {
+        const CREDENTIAL_HEADERS: [&str; 5] =
+            ["authorization", "x-api-key", "x-goog-api-key", "api-key", "x-subscription-token"];
+        let mut hosts: Vec<String> = self
+            .secrets
+            .iter()
+            .flat_map(|s| &s.allowed)
+            .filter(|u| CREDENTIAL_HEADERS.contains(&u.header.as_str()))
+            .map(|u| u.host.clone())
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        crate::detect::DetectorOptions { known_secrets: self.secrets.clone(), provider_hosts: hosts }
+    }
 }
 
 // Hand-written so that a stray `{:?}` can never print a secret.
@@ -446,6 +466,12 @@ impl Builder {
                 if !raw.trim().is_empty() {
                     self.inv.counts.placeholders += 1;
                 }
+            }
+            ValueKind::Secret if raw.trim().len() > crate::detect::KNOWN_SECRET_MAX_LEN => {
+                self.inv.warnings.push(format!(
+                    "{path} is longer than {} bytes: not watched as a known secret (the format rules still apply)",
+                    crate::detect::KNOWN_SECRET_MAX_LEN
+                ));
             }
             ValueKind::Secret => {
                 let value = raw.trim().to_owned();

@@ -332,3 +332,31 @@ fn destination_per_provider_prefix_and_api_base_wins() {
     assert!(uses(&inv, "model_list[0].api_key").is_empty());
     assert!(inv.warnings[0].contains("\"nonesuch\" is unknown"), "{:?}", inv.warnings);
 }
+
+#[test]
+fn detector_options_carry_the_secrets_and_their_credential_hosts() {
+    let inv = load_fixture("full");
+    let opts = inv.detector_options();
+    assert_eq!(opts.known_secrets.len(), inv.secrets.len());
+    assert!(opts.provider_hosts.contains(&"llm-gw.corp.test".to_string()), "{:?}", opts.provider_hosts);
+    // Telegram's token travels in the path, not a credential header: no provider host from it.
+    assert!(!opts.provider_hosts.contains(&"api.telegram.org".to_string()));
+    // The real detector accepts every value the adapter hands it.
+    crate::detect::Detector::new(opts).unwrap();
+}
+
+#[test]
+fn values_longer_than_the_detector_takes_are_skipped_with_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let long = "k".repeat(300) + &"Q9".repeat(200);
+    let cfg = serde_json::json!({"version": 3, "model_list": [{"model": "openai/gpt-4o", "api_keys": [long, "sk-fine-0123456789"]}]});
+    std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
+    let inv = load(&Sources::new(tmp.path(), &tmp.path().join("config.json")));
+    assert_eq!(inv.labels(), ["model_list[0].api_keys[1]"]);
+    assert!(
+        inv.warnings.iter().any(|w| w.contains("model_list[0].api_keys[0]") && w.contains("512")),
+        "{:?}",
+        inv.warnings
+    );
+    assert!(inv.warnings.iter().all(|w| !w.contains("kkkk")));
+}

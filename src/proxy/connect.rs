@@ -1,6 +1,6 @@
 //! CONNECT: authorize, connect to the target (so a dead upstream still gets a clear 502/504), answer 200,
-//! then take over the upgraded client stream. [`serve_upgraded`] is where the stream is handed over: today
-//! it always tunnels blind; HTTPS inspection plugs in there (decide per target, then intercept or tunnel).
+//! then take over the upgraded client stream. [`serve_upgraded`] is where the stream is handed over: HTTPS
+//! inspection ([`super::mitm`]) or a blind tunnel, decided per target.
 
 use std::io;
 use std::pin::Pin;
@@ -15,7 +15,8 @@ use tokio::net::TcpStream;
 
 use super::body::{empty, ProxyBody};
 use super::error::{chain, ProxyError};
-use super::{upstream, ConnCtx};
+use super::rewind::{self, FirstBytes};
+use super::{mitm, upstream, ConnCtx, FIRST_BYTES_TIMEOUT};
 use crate::detect::Destination;
 use crate::findings::Counters;
 
@@ -45,12 +46,26 @@ pub async fn connect(ctx: &ConnCtx, req: Request<Incoming>) -> Result<Response<P
 }
 
 /// Serves the client side of an established CONNECT to `dest`, with `upstream` already connected.
-/// This is the one place that decides between a blind tunnel and interception.
+/// This is the one place that decides between a blind tunnel and interception: intercept when HTTPS
+/// inspection is on and the host is not in `mitm_skip_hosts`, else tunnel blind.
 pub async fn serve_upgraded<C>(ctx: ConnCtx, client: C, upstream: TcpStream, dest: Destination)
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    tunnel(ctx, client, upstream, dest).await;
+    match ctx.shared.settings.mitm.clone() {
+        Some(interceptor) if ctx.shared.settings.intercepts(&dest.host) => {
+            // Only TLS can be intercepted. Anything else (plain HTTP, SSH, a server-speaks-first protocol)
+            // still works as before, tunnelled blind with the bytes already read put back.
+            match rewind::peek(client, FIRST_BYTES_TIMEOUT).await {
+                (FirstBytes::Tls, client) => mitm::serve(ctx, interceptor, client, upstream, dest).await,
+                (first, client) => {
+                    tracing::debug!("CONNECT to {dest}: {first:?} instead of a TLS ClientHello, tunnelled blind");
+                    tunnel(ctx, client, upstream, dest).await
+                }
+            }
+        }
+        _ => tunnel(ctx, client, upstream, dest).await,
+    }
 }
 
 /// Copies both ways until both sides have closed (half-close passes through) or the proxy shuts down.

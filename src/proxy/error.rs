@@ -31,6 +31,11 @@ pub enum ProxyError {
     Upstream(Destination, String),
     /// The upstream did not send a response head in time (504).
     ResponseTimeout(Destination),
+    /// TLS with the upstream failed when reconnecting inside an intercepted tunnel: its certificate did not
+    /// verify, or the handshake broke (502).
+    UpstreamTls(Destination, String),
+    /// The client asked for something the proxy does not do on this path (501).
+    NotImplemented(&'static str),
 }
 
 impl fmt::Display for ProxyError {
@@ -44,6 +49,8 @@ impl fmt::Display for ProxyError {
             ProxyError::ConnectTimeout(d) => write!(f, "timed out connecting to {d}"),
             ProxyError::Upstream(d, why) => write!(f, "upstream {d} failed: {why}"),
             ProxyError::ResponseTimeout(d) => write!(f, "upstream {d} sent no response in time"),
+            ProxyError::UpstreamTls(d, why) => write!(f, "TLS with upstream {d} failed: {why}"),
+            ProxyError::NotImplemented(what) => write!(f, "not supported: {what}"),
         }
     }
 }
@@ -56,8 +63,12 @@ impl ProxyError {
         match self {
             ProxyError::AuthRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             ProxyError::BadRequest(_) | ProxyError::Loop(_) => StatusCode::BAD_REQUEST,
-            ProxyError::Resolve(..) | ProxyError::Connect(..) | ProxyError::Upstream(..) => StatusCode::BAD_GATEWAY,
+            ProxyError::Resolve(..)
+            | ProxyError::Connect(..)
+            | ProxyError::Upstream(..)
+            | ProxyError::UpstreamTls(..) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout(_) | ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 }
@@ -114,11 +125,14 @@ mod tests {
             (ProxyError::ConnectTimeout(d.clone()), 504),
             (ProxyError::Upstream(d.clone(), "reset".into()), 502),
             (ProxyError::ResponseTimeout(d.clone()), 504),
+            (ProxyError::UpstreamTls(d.clone(), "UnknownIssuer".into()), 502),
+            (ProxyError::NotImplemented("x"), 501),
         ];
         for (e, code) in cases {
             let r = rescue(&e);
             assert_eq!(r.status().as_u16(), code, "{e}");
-            if code >= 500 {
+            // Gateway errors (502, 504) name the upstream; 501 is about the request, not a host.
+            if code >= 502 {
                 assert!(e.to_string().contains("api.example"), "{e}");
             }
         }

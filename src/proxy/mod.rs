@@ -1,5 +1,6 @@
-//! The proxy engine: listener → auth → CONNECT (tunnel) or absolute-form exchange → upstream, with taps
-//! copying each message to an inspector beside the forwarding path.
+//! The proxy engine: listener → auth → CONNECT (blind tunnel, or HTTPS inspection in [`mitm`] when
+//! [`Settings::mitm`] is set) or absolute-form exchange → upstream, with taps copying each message to an
+//! inspector beside the forwarding path. Intercepted requests go through the same [`forward::exchange`].
 //!
 //! Start one in-process with [`Proxy::bind`] inside a tokio runtime; it returns a [`ProxyHandle`] with the
 //! bound address, the per-start credential, the live counters, and a graceful [`ProxyHandle::shutdown`]
@@ -23,6 +24,8 @@ pub mod body;
 pub mod connect;
 pub mod error;
 pub mod forward;
+pub mod mitm;
+pub mod rewind;
 pub mod tls;
 pub mod upstream;
 
@@ -30,6 +33,8 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -45,6 +50,7 @@ pub use auth::Credential;
 use body::ProxyBody;
 use error::{rescue, ProxyError};
 use forward::{PlainConnector, Upstream, UpstreamConnector};
+use tls::{Interceptor, MitmStartError, OncePerWindow};
 
 use crate::config::{Config, HostPattern};
 use crate::detect::Detector;
@@ -64,6 +70,14 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
 /// Most request headers accepted; more get 431.
 pub const MAX_HEADERS: usize = 200;
+/// How long an inspecting proxy waits for a client's first bytes after answering CONNECT. TLS clients send
+/// their ClientHello at once; silence means a server-speaks-first protocol, which is then tunnelled blind.
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(3);
+/// A host whose clients keep refusing the guardian leaf is logged once per this window (a misconfigured
+/// agent retries constantly; one line with the fix is enough).
+pub const CLIENT_TLS_WARN_WINDOW: Duration = Duration::from_secs(600);
+/// Hosts remembered for [`CLIENT_TLS_WARN_WINDOW`].
+pub const CLIENT_TLS_WARN_HOSTS: usize = 256;
 
 /// What the proxy needs from the configuration, plus the timeouts (constants by default; tests shorten them).
 #[derive(Debug, Clone)]
@@ -84,6 +98,13 @@ pub struct Settings {
     pub response_timeout: Duration,
     /// See [`HEADER_READ_TIMEOUT`].
     pub header_read_timeout: Duration,
+    /// HTTPS inspection: the interceptor shared by every tunnel, or `None` to tunnel every CONNECT blind.
+    /// Set by [`Settings::with_mitm_from_config`] (tests may set it directly).
+    pub mitm: Option<Arc<Interceptor>>,
+    /// Hosts tunnelled blind even when inspecting (certificate-pinning clients).
+    pub mitm_skip_hosts: Vec<HostPattern>,
+    /// The trust bundle named in the fix when a client refuses the guardian leaf.
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl Settings {
@@ -98,6 +119,9 @@ impl Settings {
             connect_timeout: CONNECT_TIMEOUT,
             response_timeout: RESPONSE_HEAD_TIMEOUT,
             header_read_timeout: HEADER_READ_TIMEOUT,
+            mitm: None,
+            mitm_skip_hosts: Vec::new(),
+            ca_bundle: None,
         }
     }
 
@@ -108,8 +132,28 @@ impl Settings {
             max_scan_bytes: cfg.max_scan_bytes,
             resolve: cfg.resolve.clone(),
             egress_allow: cfg.egress_allow.clone(),
+            mitm_skip_hosts: cfg.mitm_skip_hosts.clone(),
+            ca_bundle: Some(cfg.ca_bundle.clone()),
             ..Settings::new(cfg.listen.0)
         }
+    }
+
+    /// Turns HTTPS inspection on when `cfg.https_inspection` is set: loads the guardian CA (an error that says
+    /// to run `ca init` when it is missing, or `ca init --force` when expired), the system roots plus
+    /// `upstream_ca_file` for strict upstream verification, and the leaf cache. Without `https_inspection`
+    /// it returns the settings unchanged, so a runner can call it unconditionally:
+    /// `Settings::from_config(&cfg).with_mitm_from_config(&cfg)?`.
+    pub fn with_mitm_from_config(mut self, cfg: &Config) -> Result<Settings, MitmStartError> {
+        if cfg.https_inspection {
+            let interceptor = tls::interceptor_for(cfg, &tls::ca::load_system_roots())?;
+            self.mitm = Some(Arc::new(interceptor));
+        }
+        Ok(self)
+    }
+
+    /// Whether a CONNECT to `host` is decrypted (see [`tls::should_intercept`]).
+    pub fn intercepts(&self, host: &str) -> bool {
+        tls::intercepts(self.mitm.is_some(), &self.mitm_skip_hosts, host)
     }
 }
 
@@ -128,6 +172,8 @@ pub struct Shared {
     pub local: SocketAddr,
     /// Turns true when the proxy shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// Limits the "client refused the guardian leaf" warning to one line per host per window.
+    pub client_tls_warnings: OncePerWindow,
 }
 
 impl Shared {
@@ -197,6 +243,10 @@ impl Proxy {
             credential: credential.clone(),
             local,
             shutdown: stop_rx,
+            client_tls_warnings: OncePerWindow::new(
+                CLIENT_TLS_WARN_WINDOW,
+                NonZeroUsize::new(CLIENT_TLS_WARN_HOSTS).unwrap_or(NonZeroUsize::MIN),
+            ),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone(), guard));
         Ok(ProxyHandle { local, credential, counters, sink, shared, stop: stop_tx, accept, drained })
@@ -305,14 +355,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         connector: Arc::new(PlainConnector),
     };
     let service = service_fn(move |req| handle(ctx.clone(), req));
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(shared.settings.header_read_timeout)
-        .max_header_size(MAX_HEAD_BYTES)
-        .max_headers(MAX_HEADERS)
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
+    let conn = http1_server(&shared.settings).serve_connection(TokioIo::new(stream), service).with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
@@ -324,6 +367,19 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     if let Err(e) = result {
         tracing::debug!("client connection from {peer} ended: {}", error::chain(&e));
     }
+}
+
+/// The HTTP/1.1 server every client connection is served with (plain listener and intercepted tunnels
+/// alike): the header timeout (which needs the timer), head size and header count limits, keep-alive.
+pub fn http1_server(settings: &Settings) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(true);
+    builder
 }
 
 /// Resolves once the proxy is shutting down (at once if it already is).

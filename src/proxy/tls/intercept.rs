@@ -164,7 +164,7 @@ impl fmt::Display for InterceptError {
             InterceptError::UpstreamHandshake { host, source } => write!(f, "TLS with upstream {host} failed: {source}"),
             InterceptError::ClientRejectedLeaf { host, alert } => write!(
                 f,
-                "the client refused the guardian certificate for {host} ({alert}): it does not trust the guardian CA; start the process with `picoclaw-traffic-guardian run`, or give it SSL_CERT_FILE=<bundle> (see `ca show`)"
+                "the client refused the guardian certificate for {host} ({alert}): it does not trust the guardian CA; start the process with `picoclaw-traffic-guardian run --https-inspection`, or give it SSL_CERT_FILE=<bundle> (see `ca show`)"
             ),
             InterceptError::ClientHandshake { host, source } => write!(f, "TLS with the client for {host} failed: {source}"),
             InterceptError::Timeout { host, stage } => {
@@ -260,30 +260,13 @@ impl Interceptor {
             }
         };
         let host = name.to_string();
-        let server_name = match &name {
-            LeafName::Dns(n) => ServerName::try_from(n.clone()),
-            LeafName::Ip(ip) => Ok(ServerName::IpAddress((*ip).into())),
+        let upstream = match self.verified_upstream(&name, upstream).await {
+            Ok(tls) => tls,
+            Err(e) => {
+                self.refuse(start).await;
+                return Err(e);
+            }
         };
-        let Ok(server_name) = server_name else {
-            self.refuse(start).await;
-            return Err(InterceptError::InvalidName(host));
-        };
-
-        let upstream =
-            match self.bounded(self.upstream.connect(server_name, upstream), Some(&host), Stage::Upstream).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    self.refuse(start).await;
-                    return Err(match certificate_error(&e) {
-                        Some(reason) => InterceptError::UpstreamTlsInvalid { host, reason },
-                        None => InterceptError::UpstreamHandshake { host, source: e },
-                    });
-                }
-                Err(timeout) => {
-                    self.refuse(start).await;
-                    return Err(timeout);
-                }
-            };
 
         let leaf = match self.leaves.get_or_mint(&name).await {
             Ok(leaf) => leaf,
@@ -303,6 +286,46 @@ impl Interceptor {
             }
         };
         Ok(Intercepted { client, upstream, host })
+    }
+
+    /// Opens TLS to `host` over `upstream` with the same strict verification and timeout as
+    /// [`Interceptor::intercept`]. For the next connection of an intercepted tunnel whose upstream closed:
+    /// every new upstream connection is verified again.
+    pub async fn connect_upstream<U>(
+        &self,
+        host: &str,
+        upstream: U,
+    ) -> Result<tokio_rustls::client::TlsStream<U>, InterceptError>
+    where
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        let name = LeafName::parse(host).map_err(|_| InterceptError::InvalidName(host.chars().take(80).collect()))?;
+        self.verified_upstream(&name, upstream).await
+    }
+
+    async fn verified_upstream<U>(
+        &self,
+        name: &LeafName,
+        upstream: U,
+    ) -> Result<tokio_rustls::client::TlsStream<U>, InterceptError>
+    where
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        let host = name.to_string();
+        let server_name = match name {
+            LeafName::Dns(n) => ServerName::try_from(n.clone()),
+            LeafName::Ip(ip) => Ok(ServerName::IpAddress((*ip).into())),
+        };
+        let Ok(server_name) = server_name else {
+            return Err(InterceptError::InvalidName(host));
+        };
+        match self.bounded(self.upstream.connect(server_name, upstream), Some(&host), Stage::Upstream).await? {
+            Ok(tls) => Ok(tls),
+            Err(e) => Err(match certificate_error(&e) {
+                Some(reason) => InterceptError::UpstreamTlsInvalid { host, reason },
+                None => InterceptError::UpstreamHandshake { host, source: e },
+            }),
+        }
     }
 
     async fn bounded<F: Future>(&self, f: F, host: Option<&str>, stage: Stage) -> Result<F::Output, InterceptError> {

@@ -32,7 +32,7 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 use time::OffsetDateTime;
 
-use crate::config::Config;
+use crate::config::{Config, HostPattern};
 
 pub use ca::{fingerprint_sha256, CaError, CaPaths, GuardianCa};
 pub use configs::{server_config_template, upstream_client_config, upstream_roots, TlsSetupError};
@@ -83,5 +83,10 @@ pub fn interceptor_for(cfg: &Config, system: &ca::SystemRoots) -> Result<Interce
 /// Whether a CONNECT to `host` is decrypted: inspection is on and no `mitm_skip_hosts` pattern matches
 /// (those are tunnelled blind, for certificate-pinning clients).
 pub fn should_intercept(cfg: &Config, host: &str) -> bool {
-    cfg.https_inspection && !cfg.mitm_skip_hosts.iter().any(|p| p.matches(host))
+    intercepts(cfg.https_inspection, &cfg.mitm_skip_hosts, host)
+}
+
+/// The rule of [`should_intercept`] on its parts (the proxy keeps them in its settings, not the config).
+pub fn intercepts(enabled: bool, skip_hosts: &[HostPattern], host: &str) -> bool {
+    enabled && !skip_hosts.iter().any(|p| p.matches(host))
 }
