@@ -15,7 +15,7 @@ use http::{Request, Response, StatusCode};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use picoclaw_traffic_guardian::config::{self, Config, HostPattern};
-use picoclaw_traffic_guardian::detect::{Direction, Severity, ThreatType};
+use picoclaw_traffic_guardian::detect::{Direction, Location, Severity, ThreatType};
 use picoclaw_traffic_guardian::home::{EnvVars, Home};
 use picoclaw_traffic_guardian::proxy::tls::{self, ca::CaPaths, ca::SystemRoots, GuardianCa, Interceptor};
 use picoclaw_traffic_guardian::proxy::Settings;
@@ -453,7 +453,7 @@ async fn bodies_are_byte_exact_through_mitm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upgrade_inside_the_tunnel_gets_501_and_the_connection_goes_on() {
+async fn an_upgrade_the_upstream_declines_gets_its_answer_and_the_connection_goes_on() {
     let f = fixture();
     let (up, _) = f.good_upstream().await;
     let p = f.proxy(&[]).await;
@@ -462,11 +462,72 @@ async fn an_upgrade_inside_the_tunnel_gets_501_and_the_connection_goes_on() {
     let mut ws = req("GET", "/socket", port, full(""));
     ws.headers_mut().insert("connection", http::HeaderValue::from_static("Upgrade"));
     ws.headers_mut().insert("upgrade", http::HeaderValue::from_static("websocket"));
-    let (status, _, _) = tokio::time::timeout(Duration::from_secs(5), send(&mut c, ws)).await.expect("no hang");
-    assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
+    // This upstream answers 200, not 101: the client gets that answer, and the connection stays HTTP.
+    let (status, _, got) = tokio::time::timeout(Duration::from_secs(5), send(&mut c, ws)).await.expect("no hang");
+    assert_eq!((status, &got[..]), (StatusCode::OK, &b"ok"[..]));
     let (status, _, got) = send(&mut c, req("GET", "/", port, full(""))).await;
     assert_eq!((status, &got[..]), (StatusCode::OK, &b"ok"[..]));
-    assert!(up.seen.lock().unwrap().iter().all(|s| s.uri != "/socket"), "the upgrade was not forwarded");
+    let seen = up.seen.lock().unwrap().clone();
+    let socket = seen.iter().find(|s| s.uri == "/socket").expect("the upgrade request was forwarded");
+    assert_eq!(socket.headers["upgrade"], "websocket");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_inside_the_tunnel_is_bridged_byte_exact_and_inspected() {
+    use crate::websocket::{deflate, delta, echo_session, frame, read_head, Wire, MASK};
+    let f = fixture();
+    let (config, _) =
+        server_config(&f.upstream_issuer, now() - time::Duration::hours(1), now() + time::Duration::days(1));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let wire = Arc::new(std::sync::Mutex::new(Wire::default()));
+    let w = wire.clone();
+    tokio::spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        while let Ok((s, _)) = listener.accept().await {
+            let (acceptor, w) = (acceptor.clone(), w.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(s).await {
+                    echo_session(tls, Some("permessage-deflate; server_no_context_takeover"), w).await;
+                }
+            });
+        }
+    });
+    let p = f.proxy(&[]).await;
+    let mut s = tls_through(&p, port, &f.guardian_ca).await.unwrap();
+    let upgrade = format!(
+        "GET /gateway HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+    );
+    s.write_all(upgrade.as_bytes()).await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+    let (a, b) = INJECTION.split_at(30);
+    let mut sent = Vec::new();
+    sent.extend(frame(true, false, 1, format!("key {SECRET} here").as_bytes(), Some(MASK)));
+    sent.extend(frame(true, true, 1, &deflate(&mut c, &delta(a)), Some(MASK)));
+    sent.extend(frame(false, false, 1, &delta(b)[..9], Some(MASK)));
+    sent.extend(frame(true, false, 0, &delta(b)[9..], Some(MASK)));
+    sent.extend(frame(true, false, 8, &1000u16.to_be_bytes(), Some(MASK)));
+    s.write_all(&sent).await.unwrap();
+    s.flush().await.unwrap();
+    let mut got = Vec::new();
+    // The echo closes its TCP side without a TLS close_notify: what came before is what counts.
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await.expect("closed in time");
+    drop(s);
+    {
+        let w = wire.lock().unwrap();
+        assert_eq!(sha256(&w.received), sha256(&sent), "upstream got the client's bytes exactly");
+        assert_eq!(sha256(&got), sha256(&w.sent), "client got the upstream's bytes exactly");
+    }
+    let found = p.findings().await;
+    let ws = |dir: Direction, pat: &str| {
+        found.iter().any(|f| {
+            f.direction == dir && f.pattern == pat && f.protocol == "https" && f.location == Some(Location::WebSocket)
+        })
+    };
+    assert!(ws(Direction::Outbound, "aws_access_key"), "{found:?}");
+    assert!(ws(Direction::Inbound, "pipe_to_shell"), "{found:?}");
 }
 
 #[test]

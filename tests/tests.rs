@@ -17,3 +17,4 @@ mod start;
 mod streaming;
 mod threats;
 mod tls;
+mod websocket;

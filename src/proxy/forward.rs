@@ -7,16 +7,16 @@ use http::uri::Scheme;
 use std::future::Future;
 use std::pin::Pin;
 
-use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::time::timeout;
 
-use super::body::{ProxyBody, Tap, TapBody};
+use super::body::{empty, ProxyBody, Tap, TapBody};
 use super::error::{chain, ProxyError};
-use super::{upstream, ConnCtx};
+use super::{upstream, websocket, ConnCtx};
 use crate::detect::{Destination, Direction};
 use crate::findings::Origin;
 use crate::inspect::MessageInspector;
@@ -41,7 +41,7 @@ impl Upstream {
 
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1: `Connection` and every header it names,
 /// `Keep-Alive`, `Proxy-Connection`, `Proxy-Authorization`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`.
-/// (WebSocket support will read `Upgrade` before this runs.)
+/// (A WebSocket upgrade is read before this runs and its two headers put back: [`websocket::restore`].)
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
@@ -97,11 +97,18 @@ pub async fn exchange(
     host: HeaderValue,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let mut req = req;
+    // A WebSocket upgrade: its headers are hop-by-hop, so they are read before stripping and put back.
+    let ws = websocket::requested(req.headers());
+    let client_upgrade = ws.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     parts.uri = path.parse().map_err(|_| ProxyError::BadRequest("bad request target"))?;
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(upgrade) = ws.clone() {
+        websocket::restore(&mut parts.headers, upgrade);
+    }
     parts.headers.insert(HOST, host);
 
     let shared = ctx.shared.clone();
@@ -120,11 +127,23 @@ pub async fn exchange(
     let req = Request::from_parts(parts, TapBody::new(body, tap));
 
     let mut sender = upstream_for(ctx, &dest).await?;
-    let resp = match timeout(shared.settings.response_timeout, sender.send_request(req)).await {
+    let mut resp = match timeout(shared.settings.response_timeout, sender.send_request(req)).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => return Err(ProxyError::Upstream(dest, chain(&e))),
         Err(_) => return Err(ProxyError::ResponseTimeout(dest)),
     };
+    if let (Some(upgrade), Some(client)) = (ws, client_upgrade) {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // The upstream connection now belongs to the WebSocket: it is not kept for further requests.
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let (mut parts, _) = resp.into_parts();
+            let deflate = websocket::deflate_params(&parts.headers);
+            strip_hop_by_hop(&mut parts.headers);
+            websocket::restore(&mut parts.headers, upgrade);
+            websocket::spawn_bridge(ctx, dest, client, upstream_upgrade, deflate);
+            return Ok(Response::from_parts(parts, empty()));
+        }
+    }
     *ctx.upstream.lock().await = Some(Upstream::new(dest.clone(), sender));
 
     let (mut parts, body) = resp.into_parts();
@@ -192,7 +211,8 @@ where
         .map_err(|e| ProxyError::Upstream(dest.clone(), chain(&e)))?;
     let d = dest.clone();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        // `with_upgrades`: after a 101 the connection's stream is handed to the WebSocket bridge.
+        if let Err(e) = conn.with_upgrades().await {
             tracing::debug!("upstream connection to {d} ended: {}", chain(&e));
         }
     });

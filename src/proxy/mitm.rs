@@ -10,8 +10,8 @@
 //! ```
 //!
 //! Requests inside the tunnel arrive in origin-form; the destination and `Host` come from the CONNECT
-//! target, which is also what the upstream certificate was verified for. Protocol upgrades (WebSocket)
-//! inside the tunnel are answered `501 Not Implemented` and not forwarded.
+//! target, which is also what the upstream certificate was verified for. A WebSocket upgrade inside
+//! the tunnel goes through the same exchange and is bridged and inspected by [`super::websocket`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,7 +19,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::UPGRADE;
 use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -75,7 +74,8 @@ where
     };
     let d = dest.clone();
     let service = service_fn(move |req| handle(ctx.clone(), d.clone(), host_header.clone(), req));
-    let conn = http1_server(&shared.settings).serve_connection(TokioIo::new(client), service);
+    // `with_upgrades`: a WebSocket's 101 hands the decrypted client stream to the bridge.
+    let conn = http1_server(&shared.settings).serve_connection(TokioIo::new(client), service).with_upgrades();
     tokio::pin!(conn);
     let mut stop = shared.shutdown.clone();
     let result = tokio::select! {
@@ -100,10 +100,6 @@ async fn handle(
     ctx.shared.sink.counters().exchange();
     let result = if req.method() == Method::CONNECT {
         Err(ProxyError::BadRequest("CONNECT inside an intercepted tunnel"))
-    } else if req.headers().contains_key(UPGRADE) {
-        // The exchange strips `Upgrade` and has no upgraded-stream inspection yet; answering at once keeps a
-        // WebSocket client from waiting for a 101 that would never come.
-        Err(ProxyError::NotImplemented("protocol upgrades (WebSocket) inside HTTPS inspection"))
     } else {
         forward::exchange(&ctx, dest, host, req).await
     };

@@ -28,6 +28,7 @@ pub mod mitm;
 pub mod rewind;
 pub mod tls;
 pub mod upstream;
+pub mod websocket;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
