@@ -104,8 +104,6 @@ pub async fn bridge<C, U>(
     U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _guard = ctx.guard.clone();
-    let counters = ctx.shared.sink.counters().clone();
-    counters.tunnel();
     let (failed_tx, mut failed) = watch::channel(false);
     let params = match deflate {
         Ok(p) => Some(p),
@@ -121,8 +119,8 @@ pub async fn bridge<C, U>(
     let (up_tap, down_tap) = (tap(Direction::Outbound), tap(Direction::Inbound));
     let (cr, cw) = tokio::io::split(client);
     let (ur, uw) = tokio::io::split(upstream);
-    let up = pump(cr, uw, up_tap, Direction::Outbound, &ctx);
-    let down = pump(ur, cw, down_tap, Direction::Inbound, &ctx);
+    let up = pump(cr, uw, up_tap);
+    let down = pump(ur, cw, down_tap);
     let mut shutdown = ctx.shared.shutdown.clone();
     tokio::select! {
         // Like `copy_bidirectional`: done when both sides closed, or at the first error on either.
@@ -137,12 +135,12 @@ pub async fn bridge<C, U>(
 }
 
 /// One direction: read, write on at once, then hand the same bytes to the tap.
-async fn pump<R, W>(mut from: R, mut to: W, mut tap: WsTap, direction: Direction, ctx: &ConnCtx) -> io::Result<()>
+/// Its bytes are counted as scanned or unscanned by the tap (the tunnel counters are for blind tunnels).
+async fn pump<R, W>(mut from: R, mut to: W, mut tap: WsTap) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let counters = ctx.shared.sink.counters();
     let mut buf = BytesMut::with_capacity(READ_BYTES);
     loop {
         buf.reserve(READ_BYTES);
@@ -154,10 +152,6 @@ where
         to.write_all(&chunk).await?;
         // A TLS stream holds written records until flushed.
         to.flush().await?;
-        match direction {
-            Direction::Outbound => counters.tunnel_bytes(chunk.len() as u64, 0),
-            Direction::Inbound => counters.tunnel_bytes(0, chunk.len() as u64),
-        }
         tap.data(chunk);
     }
 }
