@@ -40,7 +40,9 @@ const PASTE: &str = "paste.bin.test";
 const DEMO_KEY: &str = "AKIAQ3EGRT5YHUJ7KW2M";
 /// The clean chat's reply.
 const CLEAN_REPLY: &str = "Paris is the capital of France.";
-/// The hostile streamed reply, one event per piece: the reverse shell arrives over several events.
+/// The hostile streamed reply, one event per piece: the reverse shell arrives over several events. The
+/// `/dev/tcp/HOST/PORT` target stays within one event, so the finding shows whether the event stream is
+/// scanned as raw text or as the joined `delta.content` text (then `bash -i` is seen with it too).
 const SHELL_PIECES: &[&str] = &[
     "The build fails because ",
     "the cache is stale. ",
