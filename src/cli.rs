@@ -101,6 +101,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the guardian at work in a few seconds, without Picoclaw: a fake LLM upstream, three exchanges
+    /// (a clean chat, a key posted to a paste site, a streamed reply carrying a reverse shell) and the
+    /// findings. Everything stays on 127.0.0.1 in a temporary home, removed at the end. Exit 0, 1 on failure.
+    Demo,
     /// Manage the guardian CA for HTTPS inspection (trusted per process, never installed system-wide).
     Ca {
         #[command(subcommand)]
@@ -340,6 +344,7 @@ pub fn run(cli: Cli, env: &EnvVars, out: &mut dyn Write) -> io::Result<u8> {
             env_vars(env, &config.to_flags(), shell, out)
         }
         Command::Run(args) => run_command(env, args),
+        Command::Demo => crate::demo::run(out),
         Command::Ca { command } => run_ca(command, env, out, &mut io::stderr().lock()),
     }
 }
@@ -455,7 +460,8 @@ fn threats(env: &EnvVars, args: &ThreatsArgs, color: bool, out: &mut dyn Write) 
     Ok(EXIT_OK)
 }
 
-fn write_threats_table(findings: &[Value], color: bool, out: &mut dyn Write) -> io::Result<()> {
+/// The `threats` table (also printed by `demo`).
+pub(crate) fn write_threats_table(findings: &[Value], color: bool, out: &mut dyn Write) -> io::Result<()> {
     if findings.is_empty() {
         return writeln!(out, "no findings");
     }

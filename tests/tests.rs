@@ -4,6 +4,7 @@
 mod util;
 
 mod check_config;
+mod clients;
 mod connect_tls;
 mod doctor;
 mod lifecycle;

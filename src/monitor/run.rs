@@ -208,6 +208,12 @@ impl Monitor {
         self.log_dir.join(findings::reader::LOG_FILE)
     }
 
+    /// Waits until every finding recorded so far is written and synced (the demo reports per exchange).
+    pub async fn flush_findings(&self) {
+        let sink = self.writer.sink();
+        let _ = tokio::task::spawn_blocking(move || sink.flush()).await;
+    }
+
     /// The live counters.
     pub fn counters(&self) -> &Arc<Counters> {
         self.handle.counters()
