@@ -6,6 +6,7 @@ mod util;
 mod check_config;
 mod connect_tls;
 mod doctor;
+mod faults;
 mod lifecycle;
 mod mitm;
 mod packaging;
