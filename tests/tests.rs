@@ -7,6 +7,7 @@ mod check_config;
 mod clients;
 mod connect_tls;
 mod doctor;
+mod faults;
 mod lifecycle;
 mod mitm;
 mod packaging;
