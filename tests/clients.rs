@@ -337,7 +337,6 @@ fn curl_over_http_and_https_verifies_the_guardian_leaf_and_is_inspected() {
 }
 
 #[test]
-#[ignore = "needs the SSE wiring of branch streamwire"]
 fn curl_stream_with_a_command_split_over_events_is_found() {
     let Some(curl) = curl() else { return };
     let lab = Lab::new();
@@ -362,7 +361,6 @@ fn openai_python_streams_a_chat_completion_through_the_proxy() {
 }
 
 #[test]
-#[ignore = "needs the SSE wiring of branch streamwire"]
 fn openai_python_stream_with_a_command_split_over_events_is_found() {
     let Some(py) = py() else { return };
     let lab = Lab::new();
@@ -395,7 +393,6 @@ fn python_requests_streams_and_leaks_through_the_proxy() {
 }
 
 #[test]
-#[ignore = "needs the SSE wiring of branch streamwire"]
 fn python_requests_stream_with_a_command_split_over_events_is_found() {
     let Some(py) = py() else { return };
     let lab = Lab::new();
@@ -426,7 +423,6 @@ fn go_net_http_with_proxy_from_environment_is_seen_like_picoclaw() {
 }
 
 #[test]
-#[ignore = "needs the SSE wiring of branch streamwire"]
 fn go_stream_with_a_command_split_over_events_is_found() {
     let Some(go) = go() else { return };
     let lab = Lab::new();

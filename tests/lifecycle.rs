@@ -117,9 +117,12 @@ fn background_start_status_traffic_and_stop() {
     assert!(reply.starts_with("HTTP/1.1 200") && reply.ends_with("ok"), "{reply}");
     assert_eq!(bodies.lock().unwrap().len(), 1);
     // A loopback upstream also gives an EGRESS `private_network` finding; the secret is the one to wait for.
-    let s = wait_for("the finding in status", || {
+    // The writer counts a finding once its line is written, so the line can show up a moment before the
+    // counter does: wait for both.
+    let s = wait_for("the finding in status and in the counters", || {
         let (_, s) = status_json(&home);
-        s.last_findings.iter().any(|f| f["pattern"] == "aws_access_key").then_some(s)
+        let counted = s.counters.as_ref().is_some_and(|c| c.findings_by_threat_type.get("EXFIL") == Some(&1));
+        (counted && s.last_findings.iter().any(|f| f["pattern"] == "aws_access_key")).then_some(s)
     });
     let c = s.counters.unwrap();
     assert!(c.connections >= 1 && c.exchanges >= 1 && c.bytes_scanned > 0, "{c:?}");

