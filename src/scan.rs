@@ -629,6 +629,52 @@ mod tests {
         assert!(!found.is_empty());
     }
 
+    /// Returns the input `size` bytes per read, as a pipe or a slow peer would.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.1.min(buf.len()).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    /// The `http_head` fuzz target's property for `scan_raw`: bounded findings, and (without a content
+    /// coding, where the ratio cut depends on the reads) the same findings however the reads return the bytes.
+    fn check_arbitrary(msg: &[u8], budget: usize) {
+        let opts = ScanOptions { max_scan_bytes: budget, ..opts() };
+        let render = |f: Vec<Finding>| f.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>();
+        let whole = render(raw(msg, &opts).0);
+        assert!(whole.len() <= (msg.len() + budget) / 2 + 2 * MAX_HEADERS + 8);
+        let coded = msg.windows(16).any(|w| w.eq_ignore_ascii_case(b"content-encoding"));
+        for size in [1, 7, 4096] {
+            let d = crate::detect::shared_default();
+            let found = scan_raw(&d, &opts, &mut Trickle(msg, size), &mut |_| {}).unwrap();
+            if !coded {
+                assert_eq!(render(found), whole, "reads of {size}");
+            }
+        }
+    }
+
+    #[test]
+    fn fuzz_seeds_replay() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+        let mut n = 0;
+        for sub in ["corpus/http_head", "artifacts/http_head"] {
+            let Ok(entries) = std::fs::read_dir(dir.join(sub)) else { continue };
+            for entry in entries.flatten() {
+                let bytes = std::fs::read(entry.path()).unwrap();
+                for budget in [0, 1, 40, 65536] {
+                    check_arbitrary(&bytes, budget);
+                }
+                n += 1;
+            }
+        }
+        assert!(n > 0, "no fuzz seeds under {}", dir.display());
+    }
+
     #[test]
     fn har_entries_both_sides() {
         let b64 = base64::engine::general_purpose::STANDARD.encode(format!("reply: {CMD}"));

@@ -295,6 +295,62 @@ mod tests {
         assert_eq!(run(&mut ChunkedDecoder::new(), b"2\r\nab\rX").unwrap_err(), ChunkError::MissingCrlf);
     }
 
+    /// Decoded data, body bytes consumed or the first error, and whether the body completed.
+    fn run_parts(parts: &[&[u8]]) -> (Vec<u8>, Result<usize, ChunkError>, bool) {
+        let mut dec = ChunkedDecoder::new();
+        let mut data = Vec::new();
+        let mut used = 0;
+        for part in parts {
+            match dec.decode(part, &mut |d| data.extend_from_slice(d)) {
+                Ok(n) => used += n,
+                Err(e) => return (data, Err(e), dec.is_done()),
+            }
+        }
+        (data, Ok(used), dec.is_done())
+    }
+
+    /// The `chunked` fuzz target's property: decoded data never longer than the input, and every split gives
+    /// the same data, consumed count, error and end state as one call.
+    fn check_arbitrary(body: &[u8], split: usize) {
+        let whole = run_parts(&[body]);
+        assert!(whole.0.len() <= body.len());
+        let parts: Vec<&[u8]> = body.chunks(split.max(1)).collect();
+        assert_eq!(run_parts(&parts), whole, "split every {split}");
+    }
+
+    #[test]
+    fn fuzz_seeds_replay() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+        let mut n = 0;
+        for sub in ["corpus/chunked", "artifacts/chunked"] {
+            let Ok(entries) = std::fs::read_dir(dir.join(sub)) else { continue };
+            for entry in entries.flatten() {
+                let bytes = std::fs::read(entry.path()).unwrap();
+                for split in [1, 2, 3, 7, 64] {
+                    check_arbitrary(&bytes, split);
+                }
+                n += 1;
+            }
+        }
+        assert!(n > 0, "no fuzz seeds under {}", dir.display());
+    }
+
+    #[test]
+    fn arbitrary_bytes_are_split_invariant() {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            Just(b"\r\n".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"0".to_vec()),
+            Just(b"5".to_vec()),
+            Just(b";e=1".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..8),
+        ];
+        proptest!(|(pieces in proptest::collection::vec(piece, 0..30), split in 1usize..10)| {
+            check_arbitrary(&pieces.concat(), split);
+        });
+    }
+
     #[test]
     fn oversize_trailers_are_an_error() {
         let mut body = b"0\r\n".to_vec();

@@ -177,11 +177,29 @@ impl Write for DeflateSniff {
     }
 }
 
+/// Turns a write that took nothing into an error. brotli's writer retries such a write forever (its own
+/// `write_all`), and a stage whose stream has ended or failed takes nothing: without this, `br` over a
+/// finished stream spins for good.
+struct TakesSome(Stage);
+
+impl Write for TakesSome {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self.0.write(data)? {
+            0 if !data.is_empty() => Err(io::ErrorKind::WriteZero.into()),
+            n => Ok(n),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
 fn stage(coding: Coding, next: Stage) -> io::Result<Stage> {
     Ok(match coding {
         Coding::Gzip => Box::new(flate2::write::MultiGzDecoder::new(next)),
         Coding::Deflate => Box::new(DeflateSniff { next: Some(next), head: Vec::new(), inner: None }),
-        Coding::Brotli => Box::new(brotli::DecompressorWriter::new(next, BROTLI_BUFFER)),
+        Coding::Brotli => Box::new(brotli::DecompressorWriter::new(TakesSome(next), BROTLI_BUFFER)),
         Coding::Zstd => {
             let mut raw = zstd::stream::raw::Decoder::new()?;
             raw.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(ZSTD_WINDOW_LOG_MAX))?;
@@ -452,6 +470,69 @@ pub(crate) mod tests {
             assert_eq!(d.stopped(), Some(Stop::Ratio), "{coding:?}");
             assert!(d.produced() <= d.fed() * MAX_EXPANSION_RATIO + EXPANSION_ALLOWANCE, "{coding:?}");
         }
+    }
+
+    /// The `decode` fuzz target's bounds: each feed appends at most its room, the total stays within the
+    /// ratio, nothing comes after a stop, and an encoded body decodes to a prefix of the original.
+    pub(crate) fn check_arbitrary(
+        codings: &[Coding],
+        input: &[u8],
+        split: usize,
+        room: usize,
+        original: Option<&[u8]>,
+    ) {
+        let mut d = BodyDecoder::new(codings);
+        let mut out = Vec::new();
+        for part in input.chunks(split.max(1)) {
+            let (before, stopped) = (out.len(), d.stopped().is_some());
+            d.feed(part, room, &mut out);
+            assert!(out.len() - before <= room);
+            assert!(!stopped || out.len() == before, "output after a stop");
+        }
+        assert_eq!(d.produced(), out.len() as u64);
+        assert!(d.produced() <= d.fed() * MAX_EXPANSION_RATIO + EXPANSION_ALLOWANCE);
+        if let Some(original) = original {
+            assert!(original.starts_with(&out), "{codings:?}: not a prefix of the original");
+        }
+    }
+
+    const ALL: [Coding; 4] = [Coding::Gzip, Coding::Deflate, Coding::Brotli, Coding::Zstd];
+
+    #[test]
+    fn fuzz_seeds_replay() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+        let mut n = 0;
+        for sub in ["corpus/decode", "artifacts/decode"] {
+            let Ok(entries) = std::fs::read_dir(dir.join(sub)) else { continue };
+            for entry in entries.flatten() {
+                let bytes = std::fs::read(entry.path()).unwrap();
+                for coding in ALL {
+                    for (split, room) in [(1, 7), (3, usize::MAX), (4096, 100), (usize::MAX, 1 << 20)] {
+                        check_arbitrary(&[coding], &bytes, split, room, None);
+                        // As a body too: encoded with the coding and decoded back.
+                        check_arbitrary(&[coding], &encode(coding, &bytes), split, room, Some(&bytes));
+                    }
+                }
+                check_arbitrary(&ALL, &bytes, 5, 1000, None);
+                n += 1;
+            }
+        }
+        assert!(n > 0, "no fuzz seeds under {}", dir.display());
+    }
+
+    /// Regression (fuzz `decode`, `fuzz/artifacts/decode/hang-raw`): brotli's writer retries a write that
+    /// took nothing forever, and a stage whose stream has ended (or failed) takes nothing. `br` over `br`
+    /// with bytes after the inner stream spun one proxy thread at full CPU for good.
+    #[test]
+    fn stage_that_takes_nothing_stops_decoding_instead_of_spinning() {
+        let mut inner = brotli(b"hello");
+        inner.extend_from_slice(b"trailing bytes after the end of the stream");
+        let outer = brotli(&inner);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(decode_all(&[Coding::Brotli, Coding::Brotli], &outer, 7)).unwrap());
+        let (out, stop) = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("decoding must not hang");
+        assert_eq!(out, b"hello");
+        assert_eq!(stop, Some(Stop::Corrupt));
     }
 
     #[test]

@@ -129,6 +129,10 @@ impl SseParser {
     }
 
     fn feed_lines(&mut self, mut chunk: &[u8], out: &mut impl FnMut(SseEvent<'_>)) {
+        if chunk.is_empty() {
+            // An empty chunk (a body frame may be empty) says nothing about an LF after a CR.
+            return;
+        }
         if self.after_cr {
             self.after_cr = false;
             if let Some(rest) = chunk.strip_prefix(b"\n") {

@@ -300,6 +300,9 @@ pub(crate) fn check_arbitrary(bytes: &[u8], split: usize) {
     let whole = decode(&[bytes]);
     let parts: Vec<&[u8]> = bytes.chunks(split.max(1)).collect();
     assert_eq!(decode(&parts), whole, "split every {split}");
+    // Body frames may be empty: an empty chunk after each one changes nothing either.
+    let with_empty: Vec<&[u8]> = parts.iter().flat_map(|p| [*p, &b""[..]]).collect();
+    assert_eq!(decode(&with_empty), whole, "split every {split}, empty chunks between");
     let mut p = SseParser::new();
     for part in &parts {
         p.feed(part, &mut |e| assert!(e.data.len() <= MAX_EVENT_BYTES));
@@ -370,4 +373,23 @@ fn arbitrary_bytes_never_panic_and_stay_bounded() {
         sse.finish(&mut |_| {});
         check_arbitrary(&chunks.concat(), chunks.first().map_or(1, Vec::len));
     });
+}
+
+/// Regression (fuzz `sse`, `fuzz/artifacts/sse/crash-4e1cc358…`): an empty chunk between a CR and its LF
+/// forgot the CR, so the LF ended an extra, empty line and dispatched the event early, splitting it in two.
+#[test]
+fn empty_chunk_between_cr_and_lf_keeps_the_pair() {
+    let events = |parts: &[&[u8]]| {
+        let mut p = SseParser::new();
+        let mut got = Vec::new();
+        for part in parts {
+            p.feed(part, &mut |e| got.push(e.data.to_vec()));
+        }
+        p.finish(&mut |e| got.push(e.data.to_vec()));
+        got
+    };
+    let want = vec![b"a\nb".to_vec()];
+    assert_eq!(events(&[b"data: a\r\ndata: b\n\n"]), want);
+    assert_eq!(events(&[b"data: a\r", b"", b"\ndata: b\n\n"]), want);
+    assert_eq!(events(&[b"data: a\r", b"", b"", b"\n", b"data: b\n\n"]), want);
 }
